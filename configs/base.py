@@ -1,0 +1,118 @@
+"""Every field of a jaxgpt experiment, with its default and what it means.
+
+Experiments (`experiments/*.py`) start from `get_config()` here and change what they need;
+any field can also be overridden on the command line (`--config.train.steps=200`).
+Fields whose value is "derived" use 0 or '' as "work it out", never None, so that the
+command line can still override them with a typed value.
+"""
+import ml_collections
+
+from configs import mesh as mesh_presets
+
+
+def data_config() -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
+  # Where documents come from: 'stdlib' (the interpreter's standard-library .py files, no
+  # network), 'files' (text files, directories, globs, .jsonl) or 'tfds' (a TFDS dataset).
+  d.source = 'stdlib'
+  d.paths = ()  # for source='files': files, directories or globs
+  d.val_paths = ()  # an explicit validation source; replaces the hash split when set
+  d.extensions = ('.py', '.txt', '.md', '.jsonl', '.json')  # kept when walking a directory
+  d.text_field = 'text'  # the text field of JSONL records and TFDS examples
+  d.tfds_name = ''  # e.g. 'tiny_shakespeare', 'lm1b'
+  d.tfds_split = 'train'
+  d.tfds_val_split = ''  # e.g. 'validation'; empty: split the training documents
+  d.data_dir = ''  # TFDS data_dir; empty: TFDS's default
+  d.skip_bad_files = False  # non-UTF-8 files: False raises, True skips and counts them
+  d.max_docs = 0  # keep only the first N documents (0: all); for quick experiments
+  d.val_fraction = 0.02  # share of documents (by content hash) held out for validation
+  d.cache_dir = ''  # where the tokenizer and token store go; empty: WORKDIR/data
+
+  d.clean = ml_collections.ConfigDict()
+  d.clean.normalize = 'NFC'  # unicodedata form ('NFC', 'NFKC', ...) or '' for none
+  d.clean.min_chars = 64  # drop documents shorter than this
+  d.clean.max_chars = 1_000_000  # drop documents longer than this (0: no limit)
+  d.clean.min_text_fraction = 0.7  # drop if fewer printable characters than this share
+  d.clean.max_repeated_line_fraction = 0.5  # drop if this share of lines are repeats
+  d.clean.dedup = True  # drop exact duplicates (by content hash)
+
+  d.tokenizer = ml_collections.ConfigDict()
+  d.tokenizer.kind = 'bpe'  # 'bpe', 'unigram' or 'char' (SentencePiece model types)
+  d.tokenizer.vocab_size = 8192
+  d.tokenizer.model_path = ''  # an existing SentencePiece .model file to use instead
+  d.tokenizer.byte_fallback = True  # unknown characters become UTF-8 byte pieces
+  d.tokenizer.train_chunks = 200_000  # pieces of documents sampled to train on
+  return d
+
+
+def model_config() -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  m.num_layers = 4
+  m.num_heads = 4
+  m.d_model = 256
+  m.mlp_dim = 0  # 0: 4 * d_model
+  m.seq_len = 128
+  m.vocab_size = 0  # 0: the tokenizer's size, rounded up to vocab_multiple
+  m.vocab_multiple = 128  # pad the vocabulary so its matmuls tile well
+  m.dropout = 0.0
+  m.use_bias = True  # biases in dense layers and LayerNorm (GPT-2 has them)
+  m.tie_embeddings = True  # output logits reuse the token embedding
+  m.dtype = 'float32'  # compute dtype; params and optimizer state stay float32
+  m.scan_layers = False  # nn.scan over blocks: compile time flat in depth
+  m.remat = 'none'  # 'none', 'full', 'dots', 'dots_no_batch': what backward recomputes
+  m.attention_block = 0  # query block size for causal attention (0: one full block)
+  m.init_std = 0.02
+  return m
+
+
+def optim_config() -> ml_collections.ConfigDict:
+  o = ml_collections.ConfigDict()
+  o.lr = 1e-3  # peak learning rate, reached after warmup
+  o.min_lr = 1e-4  # cosine decay ends here
+  o.warmup_steps = 100
+  o.decay_steps = 0  # 0: train.steps
+  o.weight_decay = 0.1
+  o.no_decay = ('bias', 'scale', 'embed')  # weight decay skips params whose name contains these
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.eps = 1e-8
+  o.grad_clip = 1.0  # global-norm clip (0: off)
+  return o
+
+
+def train_config() -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  t.batch_size = 16  # global batch, in sequences
+  t.micro_batches = 1  # gradient accumulation: the batch is split into this many
+  t.steps = 1000
+  t.run_steps = 0  # stop this invocation after N steps (0: run to train.steps); resumable
+  t.log_every = 50
+  t.eval_every = 500
+  t.eval_batches = 20  # validation batches per evaluation (0: the whole split)
+  t.checkpoint_every = 500
+  t.keep_checkpoints = 3
+  t.async_checkpoints = True
+  t.seed = 0
+  t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0: measure a matmul at start-up
+  return t
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  e = ml_collections.ConfigDict()
+  e.prompt = 'def '  # samples start from this text
+  e.num_samples = 2
+  e.sample_tokens = 96  # new tokens per sample
+  e.temperature = 0.8
+  e.top_k = 40  # 0: no top-k filtering
+  return e
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.data = data_config()
+  c.model = model_config()
+  c.optim = optim_config()
+  c.train = train_config()
+  c.eval = eval_config()
+  c.mesh = mesh_presets.get('dp')
+  return c

@@ -1,0 +1,1 @@
+"""jaxgpt: GPT-style language models in JAX/Flax, from corpus to evaluation."""

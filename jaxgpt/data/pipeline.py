@@ -1,0 +1,214 @@
+"""The prepared token store on disk and the grain loader that reads it.
+
+`prepare` runs corpus -> clean -> split -> tokenizer -> tokens once and writes
+`train.bin`, `val.bin` (flat token arrays, documents joined by the end-of-document id),
+`tokenizer.model` and `manifest.json` recording what made them. A later run with the same
+data config and the same cleaned documents reuses the store.
+
+`train_loader` yields windows of seq_len + 1 tokens cut at fixed offsets and shuffled by
+grain from the seed; each process reads its own shard and the iterator's state is saved in
+checkpoints, so a resumed run sees exactly the batches it would have seen.
+"""
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+
+import grain
+import numpy as np
+
+from jaxgpt.data import clean as clean_lib
+from jaxgpt.data import corpus
+from jaxgpt.data import tokenizer as tokenizer_lib
+from jaxgpt.errors import UserError
+
+log = logging.getLogger('jaxgpt')
+
+MANIFEST_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  directory: str
+  tokenizer: tokenizer_lib.Tokenizer
+  manifest: dict
+
+  @property
+  def train_path(self):
+    return os.path.join(self.directory, 'train.bin')
+
+  @property
+  def val_path(self):
+    return os.path.join(self.directory, 'val.bin')
+
+
+def _read_documents(cfg, validation=False):
+  stats = corpus.ReadStats()
+  docs = list(corpus.documents(cfg, stats, validation=validation))
+  if cfg.max_docs and not validation:
+    docs = docs[:cfg.max_docs]
+  return docs, stats
+
+
+def _fingerprint(cfg, train_docs, val_docs) -> str:
+  h = hashlib.sha256()
+  h.update(json.dumps({'version': MANIFEST_VERSION, 'clean': cfg.clean.to_dict(),
+                       'tokenizer': cfg.tokenizer.to_dict()}, sort_keys=True).encode())
+  for tag, docs in (('train', train_docs), ('val', val_docs)):
+    h.update(tag.encode())
+    for doc in docs:
+      h.update(clean_lib.content_hash(doc.text).encode())
+  return h.hexdigest()
+
+
+def _write_tokens(path, tokenizer, docs) -> int:
+  dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+  parts = []
+  for ids in tokenizer.encode_batch([d.text for d in docs]):
+    parts.append(np.asarray(ids + [tokenizer.eod_id], dtype))
+  tokens = np.concatenate(parts) if parts else np.zeros(0, dtype)
+  tmp = path + '.tmp'
+  with open(tmp, 'wb') as f:
+    tokens.tofile(f)
+  os.replace(tmp, path)  # a killed run never leaves a half-written store behind
+  return int(tokens.size)
+
+
+def clean_and_split(cfg):
+  """The cleaned train and validation documents and the manifest's counts."""
+  docs, stats = _read_documents(cfg)
+  train_docs, counts = clean_lib.clean(docs, cfg.clean)
+  counts['bad_files'] = stats.bad_files
+  if not train_docs:
+    raise UserError(f'the corpus is empty after cleaning ({counts}); point data.paths at '
+                    'more text or relax data.clean (e.g. --config.data.clean.min_chars=1)')
+  if corpus.has_validation_source(cfg):
+    val_raw, _ = _read_documents(cfg, validation=True)
+    val_docs, val_counts = clean_lib.clean(val_raw, cfg.clean)
+    counts = {'train': counts, 'val': val_counts}
+  else:
+    train_docs, val_docs = clean_lib.split_by_hash(train_docs, cfg.val_fraction)
+  if not val_docs:
+    raise UserError('the validation split is empty; raise data.val_fraction or set data.val_paths')
+  return train_docs, val_docs, counts
+
+
+def prepare(cfg, workdir: str) -> Prepared:
+  """Builds (or reuses) the token store for config.data `cfg`."""
+  directory = cfg.cache_dir or os.path.join(workdir, 'data')
+  os.makedirs(directory, exist_ok=True)
+  start = time.time()
+  train_docs, val_docs, counts = clean_and_split(cfg)
+  fingerprint = _fingerprint(cfg, train_docs, val_docs)
+  manifest_path = os.path.join(directory, 'manifest.json')
+  if os.path.exists(manifest_path):
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+    if manifest.get('fingerprint') == fingerprint:
+      log.info('reusing the token store in %s', directory)
+      return Prepared(directory, tokenizer_lib.Tokenizer.load(
+          os.path.join(directory, 'tokenizer.model')), manifest)
+  tokenizer = tokenizer_lib.train_or_load([d.text for d in train_docs], cfg.tokenizer)
+  tokenizer.save(os.path.join(directory, 'tokenizer.model'))
+  manifest = {
+      'fingerprint': fingerprint,
+      'source': {'source': cfg.source, 'paths': list(cfg.paths), 'val_paths': list(cfg.val_paths),
+                 'tfds_name': cfg.tfds_name},
+      'filters': cfg.clean.to_dict(),
+      'cleaning': counts,
+      'tokenizer': {'sha256': tokenizer.sha256, 'vocab_size': tokenizer.vocab_size,
+                    'kind': cfg.tokenizer.kind, 'model_path': cfg.tokenizer.model_path},
+      'documents': {'train': len(train_docs), 'val': len(val_docs)},
+      'tokens': {'train': _write_tokens(os.path.join(directory, 'train.bin'), tokenizer, train_docs),
+                 'val': _write_tokens(os.path.join(directory, 'val.bin'), tokenizer, val_docs)},
+      'seconds': round(time.time() - start, 2),
+  }
+  tmp = manifest_path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(manifest, f, indent=2)
+  os.replace(tmp, manifest_path)  # written last: its presence means the store is whole
+  return Prepared(directory, tokenizer, manifest)
+
+
+class TokenWindows(grain.sources.RandomAccessDataSource):
+  """Record i is tokens[i*L : i*L + L + 1] of a flat token file: inputs and shifted targets."""
+
+  def __init__(self, path: str, seq_len: int, dtype=None):
+    self.path, self.seq_len = path, seq_len
+    self.dtype = dtype or _dtype_of(path)
+    self._tokens = None
+    n = os.path.getsize(path) // np.dtype(self.dtype).itemsize
+    self._len = max(0, (n - 1) // seq_len)
+
+  def __len__(self):
+    return self._len
+
+  def __repr__(self):
+    # grain checks a restored iterator against repr(source): keep it free of the workdir's
+    # location so that a moved run directory still resumes.
+    return f'TokenWindows({os.path.basename(self.path)}, seq_len={self.seq_len}, windows={self._len})'
+
+  def __getitem__(self, index):
+    if self._tokens is None:  # opened lazily so the source pickles cheaply
+      self._tokens = np.memmap(self.path, dtype=self.dtype, mode='r')
+    start = int(index) * self.seq_len
+    window = np.asarray(self._tokens[start:start + self.seq_len + 1], np.int32)
+    return {'inputs': window[:-1], 'targets': window[1:],
+            'weights': np.ones(self.seq_len, np.float32)}
+
+  def __getstate__(self):
+    return {**self.__dict__, '_tokens': None}
+
+
+def _dtype_of(path):
+  manifest = os.path.join(os.path.dirname(path), 'manifest.json')
+  with open(manifest) as f:
+    vocab = json.load(f)['tokenizer']['vocab_size']
+  return np.uint16 if vocab <= 1 << 16 else np.uint32
+
+
+def check_batch(global_batch: int, process_count: int):
+  if global_batch % process_count:
+    raise UserError(f'train.batch_size={global_batch} does not divide over {process_count} '
+                    'processes; use a multiple of the process count')
+
+
+def train_loader(prepared: Prepared, seq_len: int, global_batch: int, seed: int,
+                 process_index: int = 0, process_count: int = 1) -> grain.DataLoader:
+  """Shuffled, endlessly repeating batches of this process's share of the global batch."""
+  check_batch(global_batch, process_count)
+  source = TokenWindows(prepared.train_path, seq_len)
+  if len(source) < global_batch:
+    raise UserError(f'the training split has {len(source)} windows of {seq_len} tokens, fewer '
+                    f'than one batch ({global_batch}); use more text or a smaller seq_len/batch')
+  shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
+  sampler = grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=True,
+                                        num_epochs=None, seed=seed)
+  return grain.DataLoader(
+      data_source=source, sampler=sampler, worker_count=0,
+      operations=[grain.transforms.Batch(global_batch // process_count, drop_remainder=True)])
+
+
+def eval_batches(prepared: Prepared, seq_len: int, global_batch: int, max_batches: int = 0,
+                 process_index: int = 0, process_count: int = 1):
+  """Validation windows in order; the last batch is padded with zero weights."""
+  source = TokenWindows(prepared.val_path, seq_len)
+  if len(source) == 0:
+    raise UserError(f'the validation split holds fewer than {seq_len + 1} tokens; raise '
+                    'data.val_fraction or lower model.seq_len')
+  n_batches = -(-len(source) // global_batch)
+  if max_batches:
+    n_batches = min(n_batches, max_batches)
+  local = global_batch // process_count
+  for b in range(n_batches):
+    rows = []
+    for r in range(process_index * local, (process_index + 1) * local):
+      i = b * global_batch + r
+      if i < len(source):
+        rows.append(source[i])
+      else:
+        pad = source[0]
+        rows.append({**pad, 'weights': np.zeros_like(pad['weights'])})
+    yield {k: np.stack([row[k] for row in rows]) for k in rows[0]}

@@ -1,0 +1,125 @@
+"""Where numbers go: the console line, metrics.jsonl, TensorBoard events and plots.
+
+Also the FLOPs accounting for MFU: per token, 6N for the parameter matmuls (forward and
+backward) plus 12 * layers * width * seq_len for attention's two L x L products, as in
+the PaLM paper's appendix and nanoGPT's estimate_mfu. N excludes the position table,
+which is a lookup, not a matmul.
+"""
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgpt import model as model_lib
+
+log = logging.getLogger('jaxgpt')
+
+
+def flops_per_token(cfg: model_lib.ModelConfig) -> float:
+  n = model_lib.param_count(cfg) - cfg.seq_len * cfg.d_model
+  return 6.0 * n + 12.0 * cfg.num_layers * cfg.d_model * cfg.seq_len
+
+
+def measure_peak_flops(size: int = 1024, repeats: int = 5) -> float:
+  """Float32 matmul FLOP/s of one device, the best of a few timed runs."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size ** 3 / best
+
+
+def _format_seconds(s: float) -> str:
+  s = int(max(s, 0))
+  return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}' if s >= 3600 else f'{s // 60}:{s % 60:02d}'
+
+
+class Writer:
+  """Writes metrics from process 0 only; the other processes keep quiet."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, kind: str, values: dict):
+    if not self.enabled:
+      return
+    record = {'step': step, 'kind': kind, **{k: float(v) for k, v in values.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for k, v in values.items():
+      self._tb.add_scalar(f'{kind}/{k}', float(v), step)
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """Tokens/s, MFU and ETA over the steps since the last report."""
+
+  def __init__(self, start_step, total_steps, tokens_per_step, flops_per_step, peak_flops):
+    self.total, self.tokens_per_step = total_steps, tokens_per_step
+    self.flops_per_step, self.peak = flops_per_step, peak_flops
+    self.last_step, self.last_time = start_step, time.perf_counter()
+
+  def restart(self, step):
+    """Starts the rate window afresh (after compiling, evaluating or saving)."""
+    self.last_step, self.last_time = step, time.perf_counter()
+
+  def report(self, step: int, values: dict) -> dict:
+    now = time.perf_counter()
+    steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.restart(step)
+    out = dict(values)
+    out['tokens_per_s'] = steps_per_s * self.tokens_per_step
+    out['mfu'] = steps_per_s * self.flops_per_step / self.peak if self.peak else 0.0
+    out['eta_s'] = (self.total - step) / steps_per_s if steps_per_s else 0.0
+    return out
+
+
+def log_line(step: int, total: int, v: dict) -> str:
+  return (f'step {step:>6}/{total} | loss {v["loss"]:.4f} | lr {v["lr"]:.2e} | '
+          f'grad {v["grad_norm"]:.3f} | {v["tokens_per_s"]:,.0f} tok/s | '
+          f'mfu {100 * v["mfu"]:.1f}% | eta {_format_seconds(v["eta_s"])}')
+
+
+def plot_losses(jsonl_path: str, png_path: str):
+  """Training and validation loss against step, from metrics.jsonl."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  series = {'train': ([], []), 'eval': ([], [])}
+  with open(jsonl_path) as f:
+    for line in f:
+      r = json.loads(line)
+      if r['kind'] in series and 'loss' in r:
+        series[r['kind']][0].append(r['step'])
+        series[r['kind']][1].append(r['loss'])
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for kind, (steps, losses) in series.items():
+    if steps:
+      order = np.argsort(steps, kind='stable')
+      ax.plot(np.asarray(steps)[order], np.asarray(losses)[order], marker='o' if kind == 'eval' else None,
+              label='validation' if kind == 'eval' else 'train')
+  ax.set_xlabel('step')
+  ax.set_ylabel('loss (nats/token)')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=120)
+  plt.close(fig)
+  log.info('wrote %s', png_path)

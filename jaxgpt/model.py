@@ -1,0 +1,251 @@
+"""A GPT-2 style decoder in Flax linen.
+
+Shape legend for tensor names and einsum strings:
+  B batch, L length (query positions), S key positions, D model width, H heads,
+  K head dim, F MLP width, V vocabulary, N layers.
+
+Every parameter and the key activations carry logical axis names (batch, length, embed,
+heads, head_dim, mlp, vocab, layers); only the config's rules (configs/mesh.py) say which
+mesh axes those map to.
+"""
+import dataclasses
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgpt.errors import UserError
+
+REMAT_POLICIES = {
+    'full': None,  # save nothing: recompute the whole block in the backward pass
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  seq_len: int
+  num_layers: int
+  num_heads: int
+  d_model: int
+  mlp_dim: int
+  dropout: float = 0.0
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  dtype: str = 'float32'
+  scan_layers: bool = False
+  remat: str = 'none'
+  attention_block: int = 0
+  init_std: float = 0.02
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @classmethod
+  def from_config(cls, m, tokenizer_vocab: int = 0) -> 'ModelConfig':
+    """Builds the model's config from config.model, checking what the user can get wrong."""
+    vocab = m.vocab_size or tokenizer_vocab
+    if m.vocab_multiple:
+      vocab = -(-vocab // m.vocab_multiple) * m.vocab_multiple
+    if vocab < tokenizer_vocab:
+      raise UserError(f'model.vocab_size={m.vocab_size} is smaller than the tokenizer\'s '
+                      f'{tokenizer_vocab} ids; set it to 0 to follow the tokenizer')
+    if m.num_heads <= 0 or m.d_model % m.num_heads:
+      raise UserError(f'model.num_heads={m.num_heads} does not divide model.d_model='
+                      f'{m.d_model}; pick heads that divide the width (e.g. '
+                      f'{_divisor_near(m.d_model, m.num_heads)})')
+    if m.remat != 'none' and m.remat not in REMAT_POLICIES:
+      raise UserError(f'model.remat={m.remat!r}: use one of none, {", ".join(REMAT_POLICIES)}')
+    if m.dtype not in ('float32', 'bfloat16', 'float16'):
+      raise UserError(f'model.dtype={m.dtype!r}: use float32, bfloat16 or float16')
+    if m.attention_block and m.seq_len % m.attention_block:
+      raise UserError(f'model.attention_block={m.attention_block} does not divide '
+                      f'model.seq_len={m.seq_len}; use a divisor or 0')
+    return cls(vocab_size=vocab, seq_len=m.seq_len, num_layers=m.num_layers,
+               num_heads=m.num_heads, d_model=m.d_model, mlp_dim=m.mlp_dim or 4 * m.d_model,
+               dropout=m.dropout, use_bias=m.use_bias, tie_embeddings=m.tie_embeddings,
+               dtype=m.dtype, scan_layers=m.scan_layers, remat=m.remat,
+               attention_block=m.attention_block, init_std=m.init_std)
+
+
+def _divisor_near(width, heads):
+  divisors = [h for h in range(1, width + 1) if width % h == 0]
+  return min(divisors, key=lambda h: abs(h - heads))
+
+
+def param_count(cfg: ModelConfig) -> int:
+  """The closed-form parameter count of `Transformer(cfg)`."""
+  d, f, v = cfg.d_model, cfg.mlp_dim, cfg.vocab_size
+  bias = int(cfg.use_bias)
+  norm = d * (1 + bias)
+  attn = 4 * d * d + bias * 4 * d
+  mlp = 2 * d * f + bias * (f + d)
+  block = 2 * norm + attn + mlp
+  head = 0 if cfg.tie_embeddings else d * v
+  return v * d + cfg.seq_len * d + cfg.num_layers * block + norm + head
+
+
+class Dense(nn.Module):
+  """x_...xI @ kernel_IxO... with logical axes; the product runs on 2-D operands.
+
+  Folding the leading dims into one before the matmul matters on CPU, where XLA runs a
+  (B*L, D) x (D, F) product about twice as fast as the (B, L, D) form.
+  """
+  features: tuple[int, ...]
+  axes: tuple[str | None, ...]  # (input axis, *output axes)
+  cfg: ModelConfig
+  in_dims: int = 1  # trailing input dims contracted (2 for heads x head_dim)
+  init_scale: float = 1.0
+
+  @nn.compact
+  def __call__(self, x):
+    in_shape = x.shape[-self.in_dims:]
+    init = nn.initializers.normal(self.cfg.init_std * self.init_scale)
+    kernel = self.param('kernel', nn.with_logical_partitioning(init, self.axes),
+                        (*in_shape, *self.features), jnp.float32)
+    dtype = jnp.dtype(self.cfg.dtype)
+    x_2d = x.reshape(-1, math.prod(in_shape)).astype(dtype)
+    y_2d = x_2d @ kernel.reshape(math.prod(in_shape), -1).astype(dtype)
+    if self.cfg.use_bias:
+      bias = self.param('bias', nn.with_logical_partitioning(
+          nn.initializers.zeros, self.axes[self.in_dims:]), self.features, jnp.float32)
+      y_2d = y_2d + bias.reshape(-1).astype(dtype)
+    return y_2d.reshape(*x.shape[:-self.in_dims], *self.features)
+
+
+def layer_norm(cfg: ModelConfig, name: str):
+  return nn.LayerNorm(
+      epsilon=1e-5, use_bias=cfg.use_bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)), name=name)
+
+
+def causal_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, block: int, dropout_fn):
+  """Softmax(q k^T / sqrt(K)) v under a causal mask, in query blocks of `block`.
+
+  A query block only reads the keys up to its own end, so the fully masked key blocks
+  above the diagonal are never computed (about 25% faster fwd+bwd on CPU than masking
+  the full L x L product). Logits and softmax are float32 whatever the compute dtype.
+  """
+  seq_len = q_BxLxHxK.shape[1]
+  block = block or seq_len
+  scale = 1.0 / math.sqrt(q_BxLxHxK.shape[-1])
+  out_blocks = []
+  for start in range(0, seq_len, block):
+    end = start + block
+    q_BxQxHxK = q_BxLxHxK[:, start:end]
+    logits_BxHxQxS = jnp.einsum('bqhk,bshk->bhqs', q_BxQxHxK, k_BxSxHxK[:, :end],
+                                preferred_element_type=jnp.float32) * scale
+    q_pos = jnp.arange(start, end)[:, None]
+    k_pos = jnp.arange(end)[None, :]
+    # A large finite negative rather than -inf keeps fully masked rows NaN-free.
+    logits_BxHxQxS = jnp.where(k_pos <= q_pos, logits_BxHxQxS, -1e30)
+    probs_BxHxQxS = dropout_fn(jax.nn.softmax(logits_BxHxQxS, axis=-1))
+    out_blocks.append(jnp.einsum('bhqs,bshk->bqhk', probs_BxHxQxS.astype(v_BxSxHxK.dtype),
+                                 v_BxSxHxK[:, :end]))
+  return jnp.concatenate(out_blocks, axis=1) if len(out_blocks) > 1 else out_blocks[0]
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.cfg
+    h, k = cfg.num_heads, cfg.head_dim
+    qkv = functools.partial(Dense, (h, k), ('embed', 'heads', 'head_dim'), cfg)
+    q_BxLxHxK = qkv(name='query')(x_BxLxD)
+    k_BxLxHxK = qkv(name='key')(x_BxLxD)
+    v_BxLxHxK = qkv(name='value')(x_BxLxD)
+    names = ('batch', 'length', 'heads', 'head_dim')
+    q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, names)
+    k_BxLxHxK = nn.with_logical_constraint(k_BxLxHxK, names)
+    v_BxLxHxK = nn.with_logical_constraint(v_BxLxHxK, names)
+    dropout = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+    out_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention_block, dropout)
+    out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, names)
+    # GPT-2 scales the init of projections into the residual stream by 1/sqrt(2N).
+    return Dense((cfg.d_model,), ('heads', 'head_dim', 'embed'), cfg, in_dims=2,
+                 init_scale=1 / math.sqrt(2 * cfg.num_layers), name='out')(out_BxLxHxK)
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.cfg
+    h_BxLxF = Dense((cfg.mlp_dim,), ('embed', 'mlp'), cfg, name='fc_in')(x_BxLxD)
+    h_BxLxF = nn.with_logical_constraint(nn.gelu(h_BxLxF), ('batch', 'length', 'mlp'))
+    return Dense((cfg.d_model,), ('mlp', 'embed'), cfg,
+                 init_scale=1 / math.sqrt(2 * cfg.num_layers), name='fc_out')(h_BxLxF)
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm transformer block; returns (x, None) so nn.scan can carry it."""
+  cfg: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x_BxLxD, _=None):
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+    x_BxLxD = x_BxLxD + drop(Attention(cfg, self.deterministic, name='attn')(
+        layer_norm(cfg, 'ln_attn')(x_BxLxD)))
+    x_BxLxD = x_BxLxD + drop(Mlp(cfg, name='mlp')(layer_norm(cfg, 'ln_mlp')(x_BxLxD)))
+    x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
+    return x_BxLxD, None
+
+
+def _block_class(cfg: ModelConfig):
+  block = Block
+  if cfg.remat != 'none':
+    block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+  return block
+
+
+class Transformer(nn.Module):
+  """tokens_BxL (int) -> logits_BxLxV (float32)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxL, deterministic: bool = True):
+    cfg = self.cfg
+    length = tokens_BxL.shape[1]
+    init = nn.initializers.normal(cfg.init_std)
+    embed_VxD = self.param('tok_embed', nn.with_logical_partitioning(init, ('vocab', 'embed')),
+                           (cfg.vocab_size, cfg.d_model), jnp.float32)
+    pos_LxD = self.param('pos_embed', nn.with_logical_partitioning(init, (None, 'embed')),
+                         (cfg.seq_len, cfg.d_model), jnp.float32)
+    dtype = jnp.dtype(cfg.dtype)
+    x_BxLxD = (jnp.take(embed_VxD, tokens_BxL, axis=0) + pos_LxD[:length]).astype(dtype)
+    x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
+    x_BxLxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxLxD)
+
+    block = _block_class(cfg)
+    if cfg.scan_layers:
+      x_BxLxD, _ = nn.scan(
+          block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+          length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'},
+      )(cfg, deterministic, name='blocks')(x_BxLxD, None)
+    else:
+      for i in range(cfg.num_layers):
+        x_BxLxD, _ = block(cfg, deterministic, name=f'block_{i}')(x_BxLxD, None)
+
+    x_BxLxD = layer_norm(cfg, 'ln_final')(x_BxLxD)
+    if cfg.tie_embeddings:
+      logits_BxLxV = (x_BxLxD.reshape(-1, cfg.d_model) @ embed_VxD.astype(dtype).T)
+      logits_BxLxV = logits_BxLxV.reshape(*x_BxLxD.shape[:2], cfg.vocab_size)
+    else:
+      head = Dense((cfg.vocab_size,), ('embed', 'vocab'), dataclasses.replace(cfg, use_bias=False),
+                   name='head')
+      logits_BxLxV = head(x_BxLxD)
+    # The loss's softmax runs in float32 whatever the compute dtype.
+    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+    return nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))

@@ -1,0 +1,249 @@
+"""TrainState, the pure jitted train step, and the loop (`train_and_evaluate`).
+
+`train_step(state, batch) -> (state, metrics)` is jitted once with explicit in/out
+shardings and donated state; logging, evaluation and checkpointing stay on the host.
+"""
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxgpt import checkpoint as checkpoint_lib
+from jaxgpt import evaluate as evaluate_lib
+from jaxgpt import generate as generate_lib
+from jaxgpt import metrics as metrics_lib
+from jaxgpt import model as model_lib
+from jaxgpt import optim
+from jaxgpt import sharding
+from jaxgpt.data import pipeline
+from jaxgpt.errors import UserError
+
+log = logging.getLogger('jaxgpt')
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def _strip_boxes(tree):
+  """nn.Partitioned -> its value, without applying sharding constraints."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
+                      is_leaf=is_box)
+
+
+@dataclasses.dataclass
+class Setup:
+  """What the loop needs, built before anything is compiled."""
+  model: model_lib.Transformer
+  tx: optax.GradientTransformation
+  lr: optax.Schedule
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  state_shardings: TrainState
+  abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+
+  def init_state(self, seed: int) -> TrainState:
+    def init(rng):
+      params = self.model.init(rng, jnp.zeros((1, self.model.cfg.seq_len), jnp.int32))['params']
+      params = _strip_boxes(params)
+      return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
+    with self.context():
+      return jax.jit(init, out_shardings=self.state_shardings)(jax.random.key(seed))
+
+  def context(self):
+    """Mesh and logical rules for tracing: what the model's constraints resolve against."""
+    import contextlib
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+
+def setup(config, model_cfg: model_lib.ModelConfig, mesh) -> Setup:
+  model = model_lib.Transformer(model_cfg)
+  tx, lr = optim.make(config.optim, config.train.steps)
+  rules = sharding.rules(config.mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, model_cfg.seq_len), jnp.int32)),
+                           jax.random.key(0))['params']
+  param_sh = sharding.logical_shardings(boxed, mesh, config.mesh)
+  params = _strip_boxes(boxed)
+  sharding.check_divisible(params, param_sh)
+  opt_state = jax.eval_shape(tx.init, params)
+  replicated = NamedSharding(mesh, P())
+  # AdamW's moments mirror the params and take their shardings; counts are replicated.
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, opt_state, param_sh,
+                                 transform_non_params=lambda _: replicated,
+                                 is_leaf=lambda x: isinstance(x, NamedSharding))
+  shardings = TrainState(replicated, param_sh, opt_sh)
+  abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state)
+  abstract = checkpoint_lib.abstract_with_shardings(abstract, shardings)
+  return Setup(model, tx, lr, mesh, rules, shardings, abstract)
+
+
+def loss_sums(model, params, batch, rng, deterministic):
+  logits_BxLxV = model.apply({'params': params}, batch['inputs'], deterministic=deterministic,
+                             rngs={'dropout': rng})
+  nll_BxL = evaluate_lib.token_nll(logits_BxLxV, batch['targets'])
+  return (nll_BxL * batch['weights']).sum(), batch['weights'].sum()
+
+
+def make_train_step(model, tx, lr, micro_batches: int, seed: int):
+  """The pure step; gradients of micro-batches are summed in a scan, then applied once."""
+
+  def grads_of(params, batch, rng):
+    (nll, tokens), grads = jax.value_and_grad(
+        lambda p: loss_sums(model, p, batch, rng, False), has_aux=True)(params)
+    return grads, nll, tokens
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    if micro_batches == 1:
+      grads, nll, tokens = grads_of(state.params, batch, rng)
+    else:
+      # Micro-batch i takes rows i, i+M, ...: every device keeps its own rows, no reshuffle.
+      split = lambda x: x.reshape(x.shape[0] // micro_batches, micro_batches,
+                                  *x.shape[1:]).swapaxes(0, 1)
+      def body(acc, xs):
+        mb, i = xs
+        out = grads_of(state.params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, acc, out), None
+      zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0), jnp.float32(0))
+      (grads, nll, tokens), _ = jax.lax.scan(
+          body, zeros, (jax.tree.map(split, batch), jnp.arange(micro_batches)))
+    tokens = jnp.maximum(tokens, 1.0)
+    grads = jax.tree.map(lambda g: g / tokens, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state)
+    metrics = {'loss': nll / tokens, 'grad_norm': optax.tree.norm(grads), 'lr': lr(state.step)}
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(s: Setup, config):
+  step = make_train_step(s.model, s.tx, s.lr, config.train.micro_batches, config.train.seed)
+  return jax.jit(step, in_shardings=(s.state_shardings, sharding.batch_sharding(s.mesh)),
+                 out_shardings=(s.state_shardings, None), donate_argnums=0)
+
+
+def check_config(config, mesh):
+  """Everything about the config that can be checked before data or compilation."""
+  model_lib.ModelConfig.from_config(config.model, tokenizer_vocab=1)
+  sharding.check_batch(config.train.batch_size, config.train.micro_batches, mesh)
+  pipeline.check_batch(config.train.batch_size, jax.process_count())
+  for key in ('steps', 'log_every', 'eval_every', 'checkpoint_every'):
+    if config.train[key] <= 0:
+      raise UserError(f'train.{key}={config.train[key]} must be positive')
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs (or resumes) config's training in workdir; returns the final evaluation."""
+  mesh = sharding.make_mesh(config.mesh)
+  check_config(config, mesh)
+  tc = config.train
+  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoints)
+  latest = ckpt.latest_step()
+  if latest is not None and latest >= tc.steps:
+    log.info('the run in %s is complete (step %d of %d); nothing to do', workdir, latest,
+                 tc.steps)
+    ckpt.close()
+    return {'complete': True, 'step': latest}
+
+  prepared = pipeline.prepare(config.data, workdir)
+  log.info('token store: %s', prepared.manifest['tokens'])
+  model_cfg = model_lib.ModelConfig.from_config(config.model, prepared.tokenizer.vocab_size)
+  s = setup(config, model_cfg, mesh)
+  loader = pipeline.train_loader(prepared, model_cfg.seq_len, tc.batch_size, tc.seed,
+                                 jax.process_index(), jax.process_count())
+  data_iter = iter(loader)
+  if latest is None:
+    state = s.init_state(tc.seed)
+  else:
+    log.info('resuming from step %d', latest)
+    state = ckpt.restore(latest, s.abstract_state, data_iter)
+
+  with s.context():
+    train_step = jit_train_step(s, config)
+    eval_step = evaluate_lib.make_jitted_eval_step(s.model, s.state_shardings.params,
+                                                   sharding.batch_sharding(mesh))
+  byte_table = evaluate_lib.byte_table(prepared.tokenizer, model_cfg.vocab_size)
+  writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0)
+  n_params = model_lib.param_count(model_cfg)
+  log.info('model: %s params, %s', f'{n_params:,}', model_cfg)
+  peak = tc.peak_flops or metrics_lib.measure_peak_flops()
+  tokens_per_step = tc.batch_size * model_cfg.seq_len
+  progress = metrics_lib.Progress(
+      int(state.step), tc.steps, tokens_per_step,
+      metrics_lib.flops_per_token(model_cfg) * tokens_per_step, peak * mesh.size)
+
+  def run_eval(step):
+    batches = pipeline.eval_batches(prepared, model_cfg.seq_len, tc.batch_size, tc.eval_batches,
+                                    jax.process_index(), jax.process_count())
+    with s.context():
+      result = evaluate_lib.evaluate(eval_step, state.params, batches, byte_table,
+                                     lambda b: sharding.global_batch(b, mesh))
+    writer.write(step, 'eval', result)
+    log.info('eval step %d | loss %.4f | ppl %.2f | bits/byte %.4f', step, result['loss'],
+                 result['perplexity'], result['bits_per_byte'])
+    return result
+
+  step = int(state.step)
+  end = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
+  result, compiled = None, False
+  with s.context():
+    while step < end:
+      batch = sharding.global_batch(next(data_iter), mesh)
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      if not compiled:  # leave compilation out of the throughput figures
+        jax.block_until_ready(step_metrics)
+        progress.restart(step)
+        compiled = True
+      if step % tc.log_every == 0 or step == end:
+        values = progress.report(step, jax.device_get(step_metrics))
+        writer.write(step, 'train', values)
+        log.info(metrics_lib.log_line(step, tc.steps, values))
+      if step % tc.eval_every == 0 or step == tc.steps:
+        result = run_eval(step)
+        progress.restart(step)
+      if step % tc.checkpoint_every == 0 or step == end:
+        ckpt.save(step, state, data_iter, config, prepared.tokenizer)
+        progress.restart(step)
+  ckpt.wait()
+  ckpt.close()
+  if result is None:
+    result = run_eval(step)
+  if step >= tc.steps:
+    _finish(config, workdir, s, state, prepared, writer)
+  writer.close()
+  return {**result, 'step': step, 'params': n_params}
+
+
+def _finish(config, workdir, s, state, prepared, writer):
+  """The end-of-run records: loss plot and samples."""
+  ec = config.eval
+  if jax.process_index() == 0:
+    metrics_lib.plot_losses(writer.path, os.path.join(workdir, 'loss.png'))
+  prompts = [ec.prompt] * ec.num_samples
+  texts = generate_lib.sample(s.model, state.params, prepared.tokenizer, prompts,
+                              ec.sample_tokens, ec.temperature, ec.top_k, config.train.seed)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'samples.txt'), 'w') as f:
+      for i, text in enumerate(texts):
+        block = f'--- sample {i} (temperature {ec.temperature}, top-k {ec.top_k}) ---\n{ec.prompt}{text}\n'
+        f.write(block)
+        print(block, flush=True)

@@ -1,0 +1,97 @@
+"""Every input a user can get wrong gives one message naming the fix, before any compile."""
+import contextlib
+import os
+import subprocess
+import sys
+
+import jax.monitoring
+import pytest
+
+from jaxgpt import train
+from jaxgpt.errors import UserError
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def no_compilation():
+  compiles = []
+  listener = lambda name, *_, **__: compiles.append(name) if 'backend_compile' in name else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not compiles, 'the error came after compiling'
+
+
+def _fails(config, workdir, match):
+  with no_compilation(), pytest.raises(UserError, match=match):
+    train.train_and_evaluate(config, str(workdir))
+
+
+def test_missing_path(corpus_dir, tmp_path):
+  c = tiny_config(corpus_dir)
+  c.data.paths = (str(tmp_path / 'nowhere.txt'),)
+  _fails(c, tmp_path, r"nowhere.txt' does not exist; fix the path or remove it")
+
+
+def test_non_utf8_file_errors_or_is_skipped_and_counted(corpus_dir, tmp_path):
+  bad_dir = tmp_path / 'mixed'
+  bad_dir.mkdir()
+  (bad_dir / 'latin1.txt').write_bytes('caf\xe9 au lait\n'.encode('latin-1') * 10)
+  c = tiny_config(corpus_dir)
+  c.data.paths = (str(corpus_dir), str(bad_dir))
+  _fails(c, tmp_path / 'a', r'latin1.txt is not UTF-8 .*set --config.data.skip_bad_files=True')
+  c.data.skip_bad_files = True
+  from jaxgpt.data import pipeline
+  prepared = pipeline.prepare(c.data, str(tmp_path / 'b'))
+  assert prepared.manifest['cleaning']['bad_files'] == 1
+
+
+def test_empty_corpus_after_cleaning(corpus_dir, tmp_path):
+  c = tiny_config(corpus_dir)
+  c.data.clean.min_chars = 10_000_000
+  c.data.clean.max_chars = 0
+  _fails(c, tmp_path, r"empty after cleaning \(\{'input': 40, 'too_short': 40.*relax data.clean")
+
+
+def test_mesh_that_does_not_divide_devices(corpus_dir, tmp_path):
+  c = tiny_config(corpus_dir)
+  c.mesh.shape.data, c.mesh.shape.tensor = 3, 1
+  _fails(c, tmp_path, 'needs a multiple of 3 devices but there are 8')
+  assert not os.path.exists(tmp_path / 'data')  # not even the corpus was read
+
+
+def test_batch_that_does_not_divide_data_parallel_size(corpus_dir, tmp_path):
+  c = tiny_config(corpus_dir, batch_size=12)
+  _fails(c, tmp_path, r'batch_size=12 .*does not divide the data-parallel size 8')
+
+
+def test_heads_that_do_not_divide_width(corpus_dir, tmp_path):
+  c = tiny_config(corpus_dir)
+  c.model.num_heads = 5
+  _fails(c, tmp_path, r'num_heads=5 does not divide model.d_model=32')
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def test_unknown_config_key(tmp_path):
+  proc = _run('--config=experiments/default.py', f'--workdir={tmp_path}',
+              '--config.train.stepz=5')
+  assert proc.returncode == 2
+  assert "'--config.train.stepz'" in proc.stderr and 'Did you mean "steps"' in proc.stderr
+  assert 'Check its spelling against configs/base.py' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_run_py_prints_user_errors_without_traceback(tmp_path):
+  proc = _run('--config=experiments/default.py', f'--workdir={tmp_path}',
+              '--config.mesh.shape.data=3')
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh.shape=')
+  assert 'Traceback' not in proc.stderr

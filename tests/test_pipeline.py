@@ -1,0 +1,90 @@
+import json
+import os
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxgpt.data import pipeline
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope='module')
+def prepared(corpus_dir, tmp_path_factory):
+  return pipeline.prepare(tiny_config(corpus_dir).data, str(tmp_path_factory.mktemp('run')))
+
+
+def test_store_and_manifest(prepared):
+  m = prepared.manifest
+  assert m['cleaning']['input'] == 40 and m['cleaning']['kept'] == 40
+  assert m['documents']['train'] + m['documents']['val'] == 40 and m['documents']['val'] > 0
+  assert m['tokenizer']['sha256'] == prepared.tokenizer.sha256
+  train = np.fromfile(prepared.train_path, np.uint16)
+  assert train.size == m['tokens']['train']
+  assert (train == prepared.tokenizer.eod_id).sum() == m['documents']['train']
+  first_doc = prepared.tokenizer.decode(train[:np.argmax(train == prepared.tokenizer.eod_id)])
+  assert first_doc.startswith('# module ')
+
+
+def test_store_is_reused_and_rebuilt_when_config_changes(corpus_dir, tmp_path):
+  cfg = tiny_config(corpus_dir).data
+  first = pipeline.prepare(cfg, str(tmp_path))
+  stamp = os.stat(first.train_path).st_mtime_ns
+  again = pipeline.prepare(cfg, str(tmp_path))
+  assert os.stat(again.train_path).st_mtime_ns == stamp
+  assert again.manifest == first.manifest
+  cfg.tokenizer.vocab_size = 320
+  rebuilt = pipeline.prepare(cfg, str(tmp_path))
+  assert rebuilt.manifest['fingerprint'] != first.manifest['fingerprint']
+  assert os.stat(rebuilt.train_path).st_mtime_ns != stamp
+
+
+def _take(it, n):
+  return [next(it)['inputs'].copy() for _ in range(n)]
+
+
+def test_windows_are_inputs_and_shifted_targets(prepared):
+  source = pipeline.TokenWindows(prepared.train_path, 32)
+  tokens = np.fromfile(prepared.train_path, np.uint16)
+  rec = source[3]
+  np.testing.assert_array_equal(rec['inputs'], tokens[96:128])
+  np.testing.assert_array_equal(rec['targets'], tokens[97:129])
+  assert len(source) == (tokens.size - 1) // 32
+
+
+def test_loader_is_deterministic_from_seed(prepared):
+  a = _take(iter(pipeline.train_loader(prepared, 32, 8, seed=1)), 5)
+  b = _take(iter(pipeline.train_loader(prepared, 32, 8, seed=1)), 5)
+  c = _take(iter(pipeline.train_loader(prepared, 32, 8, seed=2)), 5)
+  assert all(np.array_equal(x, y) for x, y in zip(a, b))
+  assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+  assert a[0].shape == (8, 32)
+
+
+def test_processes_read_disjoint_shards(prepared):
+  rows = [np.concatenate(_take(iter(pipeline.train_loader(prepared, 32, 8, 0, p, 2)), 3))
+          for p in range(2)]
+  assert rows[0].shape == (12, 32)
+  seen = [{r.tobytes() for r in part} for part in rows]
+  assert not seen[0] & seen[1]
+
+
+def test_loader_state_round_trips_through_orbax(prepared, tmp_path):
+  it = iter(pipeline.train_loader(prepared, 32, 8, seed=0))
+  _take(it, 3)
+  with ocp.CheckpointManager(str(tmp_path / 'ckpt')) as mngr:
+    mngr.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    mngr.wait_until_finished()
+    expected = _take(it, 4)
+    fresh = iter(pipeline.train_loader(prepared, 32, 8, seed=0))
+    mngr.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+  assert all(np.array_equal(x, y) for x, y in zip(_take(fresh, 4), expected))
+
+
+def test_eval_batches_pad_with_zero_weights(prepared):
+  source = pipeline.TokenWindows(prepared.val_path, 32)
+  batches = list(pipeline.eval_batches(prepared, 32, 8))
+  assert len(batches) == -(-len(source) // 8)
+  assert sum(b['weights'].sum() for b in batches) == len(source) * 32
+  assert json.dumps(prepared.manifest)  # the manifest is plain JSON

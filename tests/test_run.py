@@ -1,0 +1,41 @@
+"""The whole pipeline, as a user runs it."""
+import json
+import os
+
+import pytest
+
+from jaxgpt import checkpoint
+from jaxgpt import model as model_lib
+from jaxgpt import train
+from experiments import gpt3
+from tests.conftest import tiny_config
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_writes_every_record(corpus_dir, tmp_path):
+  config = tiny_config(corpus_dir, steps=8, log_every=2, eval_every=4, checkpoint_every=4,
+                       keep_checkpoints=1)
+  config.eval.num_samples, config.eval.sample_tokens = 2, 6
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['step'] == 8 and result['bits_per_byte'] > 0
+  assert result['perplexity'] == pytest.approx(2.718281828 ** result['loss'], rel=1e-6)
+  records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in records if r['kind'] == 'train'] == [2, 4, 6, 8]
+  assert [r['step'] for r in records if r['kind'] == 'eval'] == [4, 8]
+  assert {'loss', 'lr', 'grad_norm', 'tokens_per_s', 'mfu', 'eta_s'} <= set(records[0])
+  assert os.listdir(tmp_path / 'tensorboard')
+  assert (tmp_path / 'loss.png').read_bytes()[:4] == b'\x89PNG'
+  samples = (tmp_path / 'samples.txt').read_text()
+  assert samples.count('--- sample') == 2
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  assert ckpt.manager.all_steps() == [8]  # keep_checkpoints=1
+  assert ckpt.restore_json(8, 'config')['train']['steps'] == 8
+  assert ckpt.restore_json(8, 'tokenizer')['sha256'] == \
+      json.load(open(tmp_path / 'data' / 'manifest.json'))['tokenizer']['sha256']
+  ckpt.close()
+
+
+@pytest.mark.parametrize('preset,published', [('125m', 125e6), ('350m', 350e6), ('1.3b', 1.3e9)])
+def test_gpt3_presets(preset, published):
+  cfg = model_lib.ModelConfig.from_config(gpt3.get_config(preset).model, 50257)
+  assert abs(model_lib.param_count(cfg) / published - 1) < 0.03

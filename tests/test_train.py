@@ -1,0 +1,101 @@
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import mesh as mesh_presets
+from jaxgpt import model as model_lib
+from jaxgpt import sharding
+from jaxgpt import train
+from tests.conftest import tiny_config
+
+
+def _batch(config, vocab, seed=0):
+  rng = np.random.default_rng(seed)
+  b, length = config.train.batch_size, config.model.seq_len
+  tokens = rng.integers(3, vocab, (b, length + 1), dtype=np.int32)
+  return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
+          'weights': np.ones((b, length), np.float32)}
+
+
+def _losses(config, shape, steps=3, batches=None):
+  config.mesh = mesh_presets.get('dp')
+  for axis, size in zip(('data', 'fsdp', 'tensor'), shape):
+    config.mesh.shape[axis] = size
+  n = int(np.prod(shape))
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:n])
+  cfg = model_lib.ModelConfig.from_config(config.model, 300)
+  s = train.setup(config, cfg, mesh)
+  state = s.init_state(config.train.seed)
+  with s.context():
+    step = train.jit_train_step(s, config)
+    losses = []
+    for i in range(steps):
+      batch = batches[i] if batches else _batch(config, 300, i)
+      state, metrics = step(state, sharding.global_batch(batch, mesh))
+      losses.append(float(metrics['loss']))
+  return losses, jax.device_get(state.params)
+
+
+def test_first_losses_agree_across_meshes(corpus_dir):
+  config = tiny_config(corpus_dir)
+  reference, _ = _losses(config, (1, 1, 1))
+  for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]:
+    losses, _ = _losses(tiny_config(corpus_dir), shape)
+    np.testing.assert_allclose(losses, reference, rtol=0, atol=1e-5, err_msg=str(shape))
+  assert reference[2] < reference[0]  # and they are training, not constant
+
+
+def test_gradient_accumulation_equals_full_batch(corpus_dir):
+  full, full_params = _losses(tiny_config(corpus_dir), (2, 2, 2))
+  accum, accum_params = _losses(tiny_config(corpus_dir, micro_batches=2), (2, 2, 2))
+  np.testing.assert_allclose(accum, full, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), accum_params, full_params)
+
+
+def test_overfits_one_small_batch(corpus_dir):
+  config = tiny_config(corpus_dir)
+  config.model.d_model = 64
+  config.optim.lr = config.optim.min_lr = 3e-3  # constant after warmup
+  config.optim.warmup_steps, config.optim.weight_decay = 5, 0.0
+  config.train.steps = 150
+  batch = _batch(config, 300)
+  losses, _ = _losses(config, (8, 1, 1), steps=150, batches=[batch] * 150)
+  assert losses[0] > 5.0  # about log(384) at init
+  assert losses[-1] < 0.1, losses[-10:]
+
+
+def _train_losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r['loss'] for r in map(json.loads, f) if r['kind'] == 'train']
+
+
+def test_resume_matches_uninterrupted_run(corpus_dir, tmp_path):
+  n = 4
+
+  def config(**train_overrides):
+    c = tiny_config(corpus_dir, steps=2 * n, checkpoint_every=n, **train_overrides)
+    c.mesh.shape.data, c.mesh.shape.fsdp = 2, -1
+    return c
+
+  straight = train.train_and_evaluate(config(), str(tmp_path / 'straight'))
+  split_dir = str(tmp_path / 'split')
+  first = train.train_and_evaluate(config(run_steps=n), split_dir)
+  assert first['step'] == n
+  second = train.train_and_evaluate(config(), split_dir)
+  assert second['step'] == 2 * n
+  assert _train_losses(split_dir) == _train_losses(str(tmp_path / 'straight'))
+  assert second['loss'] == straight['loss']
+
+  from jaxgpt import checkpoint
+  params = []
+  for d in ('straight', 'split'):
+    ckpt = checkpoint.Checkpointer(str(tmp_path / d))
+    params.append(ckpt.restore(2 * n, None)['params'])
+    ckpt.close()
+  jax.tree.map(np.testing.assert_array_equal, params[0], params[1])
+
+  again = train.train_and_evaluate(config(), split_dir)
+  assert again == {'complete': True, 'step': 2 * n}
