@@ -18,10 +18,11 @@ def get_config(arg=None):
   c.model.seq_len = 128
   c.model.attention_block = 64  # skip fully masked key blocks: faster on CPU
   c.train.batch_size = 16
-  c.train.steps = 600
+  c.train.steps = 800
   c.train.log_every = 50
   c.train.eval_every = 200
   c.train.checkpoint_every = 200
+  c.eval.prompt = 'import os\n\n\ndef '
   c.optim.lr = 2e-3
   c.optim.warmup_steps = 50
   c.lock()

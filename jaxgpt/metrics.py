@@ -74,16 +74,18 @@ class Progress:
   def __init__(self, start_step, total_steps, tokens_per_step, flops_per_step, peak_flops):
     self.total, self.tokens_per_step = total_steps, tokens_per_step
     self.flops_per_step, self.peak = flops_per_step, peak_flops
+    self.window_start = start_step  # first step of the current logging window
     self.last_step, self.last_time = start_step, time.perf_counter()
 
   def restart(self, step):
-    """Starts the rate window afresh (after compiling, evaluating or saving)."""
+    """Starts the rate clock afresh (after compiling, evaluating or saving)."""
     self.last_step, self.last_time = step, time.perf_counter()
 
   def report(self, step: int, values: dict) -> dict:
     now = time.perf_counter()
     steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
     self.restart(step)
+    self.window_start = step
     out = dict(values)
     out['tokens_per_s'] = steps_per_s * self.tokens_per_step
     out['mfu'] = steps_per_s * self.flops_per_step / self.peak if self.peak else 0.0

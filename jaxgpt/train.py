@@ -158,79 +158,93 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoints)
   latest = ckpt.latest_step()
   if latest is not None and latest >= tc.steps:
-    log.info('the run in %s is complete (step %d of %d); nothing to do', workdir, latest,
-                 tc.steps)
+    log.info('the run in %s is complete (step %d of %d); nothing to do', workdir, latest, tc.steps)
     ckpt.close()
     return {'complete': True, 'step': latest}
 
   prepared = pipeline.prepare(config.data, workdir)
-  log.info('token store: %s', prepared.manifest['tokens'])
+  log.info('token store: %s tokens', prepared.manifest['tokens'])
   model_cfg = model_lib.ModelConfig.from_config(config.model, prepared.tokenizer.vocab_size)
   s = setup(config, model_cfg, mesh)
-  loader = pipeline.train_loader(prepared, model_cfg.seq_len, tc.batch_size, tc.seed,
-                                 jax.process_index(), jax.process_count())
-  data_iter = iter(loader)
+  data_iter = iter(pipeline.train_loader(prepared, model_cfg.seq_len, tc.batch_size, tc.seed,
+                                         jax.process_index(), jax.process_count()))
   if latest is None:
     state = s.init_state(tc.seed)
   else:
     log.info('resuming from step %d', latest)
     state = ckpt.restore(latest, s.abstract_state, data_iter)
+  log.info('model: %s params, %s', f'{model_lib.param_count(model_cfg):,}', model_cfg)
 
-  with s.context():
-    train_step = jit_train_step(s, config)
-    eval_step = evaluate_lib.make_jitted_eval_step(s.model, s.state_shardings.params,
-                                                   sharding.batch_sharding(mesh))
-  byte_table = evaluate_lib.byte_table(prepared.tokenizer, model_cfg.vocab_size)
   writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0)
-  n_params = model_lib.param_count(model_cfg)
-  log.info('model: %s params, %s', f'{n_params:,}', model_cfg)
-  peak = tc.peak_flops or metrics_lib.measure_peak_flops()
-  tokens_per_step = tc.batch_size * model_cfg.seq_len
-  progress = metrics_lib.Progress(
-      int(state.step), tc.steps, tokens_per_step,
-      metrics_lib.flops_per_token(model_cfg) * tokens_per_step, peak * mesh.size)
-
-  def run_eval(step):
-    batches = pipeline.eval_batches(prepared, model_cfg.seq_len, tc.batch_size, tc.eval_batches,
-                                    jax.process_index(), jax.process_count())
-    with s.context():
-      result = evaluate_lib.evaluate(eval_step, state.params, batches, byte_table,
-                                     lambda b: sharding.global_batch(b, mesh))
-    writer.write(step, 'eval', result)
-    log.info('eval step %d | loss %.4f | ppl %.2f | bits/byte %.4f', step, result['loss'],
-                 result['perplexity'], result['bits_per_byte'])
-    return result
-
-  step = int(state.step)
-  end = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
-  result, compiled = None, False
-  with s.context():
-    while step < end:
-      batch = sharding.global_batch(next(data_iter), mesh)
-      state, step_metrics = train_step(state, batch)
-      step += 1
-      if not compiled:  # leave compilation out of the throughput figures
-        jax.block_until_ready(step_metrics)
-        progress.restart(step)
-        compiled = True
-      if step % tc.log_every == 0 or step == end:
-        values = progress.report(step, jax.device_get(step_metrics))
-        writer.write(step, 'train', values)
-        log.info(metrics_lib.log_line(step, tc.steps, values))
-      if step % tc.eval_every == 0 or step == tc.steps:
-        result = run_eval(step)
-        progress.restart(step)
-      if step % tc.checkpoint_every == 0 or step == end:
-        ckpt.save(step, state, data_iter, config, prepared.tokenizer)
-        progress.restart(step)
+  run_eval = _evaluator(config, s, prepared, writer)
+  save = lambda step, st: ckpt.save(step, st, data_iter, config, prepared.tokenizer)
+  state, result = _train_loop(config, s, state, data_iter, writer, run_eval, save)
   ckpt.wait()
   ckpt.close()
-  if result is None:
-    result = run_eval(step)
+  step = int(state.step)
+  result = result or run_eval(state.params, step)
   if step >= tc.steps:
     _finish(config, workdir, s, state, prepared, writer)
   writer.close()
-  return {**result, 'step': step, 'params': n_params}
+  return {**result, 'step': step, 'params': model_lib.param_count(model_cfg)}
+
+
+def _evaluator(config, s: Setup, prepared, writer):
+  """run_eval(params, step): validation loss, perplexity and bits per byte, logged."""
+  tc, seq_len = config.train, s.model.cfg.seq_len
+  with s.context():
+    eval_step = evaluate_lib.make_jitted_eval_step(s.model, s.state_shardings.params,
+                                                   sharding.batch_sharding(s.mesh))
+  byte_table = evaluate_lib.byte_table(prepared.tokenizer, s.model.cfg.vocab_size)
+
+  def run_eval(params, step):
+    batches = pipeline.eval_batches(prepared, seq_len, tc.batch_size, tc.eval_batches,
+                                    jax.process_index(), jax.process_count())
+    with s.context():
+      result = evaluate_lib.evaluate(eval_step, params, batches, byte_table,
+                                     lambda b: sharding.global_batch(b, s.mesh))
+    writer.write(step, 'eval', result)
+    log.info('eval step %d | loss %.4f | ppl %.2f | bits/byte %.4f', step, result['loss'],
+             result['perplexity'], result['bits_per_byte'])
+    return result
+
+  return run_eval
+
+
+def _train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
+  """Steps from state.step to train.steps (or run_steps more); logs, evaluates, saves."""
+  tc, model_cfg = config.train, s.model.cfg
+  tokens_per_step = tc.batch_size * model_cfg.seq_len
+  peak = tc.peak_flops or metrics_lib.measure_peak_flops()
+  step = int(state.step)
+  progress = metrics_lib.Progress(step, tc.steps, tokens_per_step,
+                                  metrics_lib.flops_per_token(model_cfg) * tokens_per_step,
+                                  peak * s.mesh.size)
+  end = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
+  result, loss_sum, first_step = None, None, step + 1
+  with s.context():
+    train_step = jit_train_step(s, config)
+    while step < end:
+      state, step_metrics = train_step(state, sharding.global_batch(next(data_iter), s.mesh))
+      step += 1
+      # Summed on device, so logging the window's mean loss costs no host sync per step.
+      loss_sum = step_metrics['loss'] if loss_sum is None else loss_sum + step_metrics['loss']
+      if step == first_step:  # leave compilation out of the throughput figures
+        jax.block_until_ready(step_metrics)
+        progress.restart(step)
+      if step % tc.log_every == 0 or step == end:
+        mean_loss = loss_sum / (step - progress.window_start)
+        values = progress.report(step, jax.device_get({**step_metrics, 'loss': mean_loss}))
+        loss_sum = None
+        writer.write(step, 'train', values)
+        log.info(metrics_lib.log_line(step, tc.steps, values))
+      if step % tc.eval_every == 0 or step == tc.steps:
+        result = run_eval(state.params, step)
+        progress.restart(step)
+      if step % tc.checkpoint_every == 0 or step == end:
+        save(step, state)
+        progress.restart(step)
+  return state, result
 
 
 def _finish(config, workdir, s, state, prepared, writer):

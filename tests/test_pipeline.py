@@ -88,3 +88,17 @@ def test_eval_batches_pad_with_zero_weights(prepared):
   assert len(batches) == -(-len(source) // 8)
   assert sum(b['weights'].sum() for b in batches) == len(source) * 32
   assert json.dumps(prepared.manifest)  # the manifest is plain JSON
+
+
+def test_explicit_validation_source_and_tokenizer_sees_train_only(corpus_dir, tmp_path):
+  val_file = tmp_path / 'held_out.txt'
+  val_file.write_text(''.join(f'\u03a9{i} = omega(\u03a9, {i})\n' for i in range(40)))  # new char
+  cfg = tiny_config(corpus_dir).data
+  cfg.val_paths = (str(val_file),)
+  prepared = pipeline.prepare(cfg, str(tmp_path / 'run'))
+  assert prepared.manifest['documents'] == {'train': 40, 'val': 1}
+  assert prepared.manifest['cleaning']['val']['kept'] == 1
+  tok = prepared.tokenizer
+  assert tok.sp.piece_to_id('\u03a9') == tok.sp.unk_id()  # not learned from validation
+  val = np.fromfile(prepared.val_path, np.uint16)
+  assert tok.decode(val[:-1]) == val_file.read_text()  # still round-trips, as bytes

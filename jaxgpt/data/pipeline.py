@@ -101,6 +101,8 @@ def prepare(cfg, workdir: str) -> Prepared:
   os.makedirs(directory, exist_ok=True)
   start = time.time()
   train_docs, val_docs, counts = clean_and_split(cfg)
+  log.info('cleaning (documents removed by each filter): %s', counts)
+  log.info('split: %d training and %d validation documents', len(train_docs), len(val_docs))
   fingerprint = _fingerprint(cfg, train_docs, val_docs)
   manifest_path = os.path.join(directory, 'manifest.json')
   if os.path.exists(manifest_path):
