@@ -5,6 +5,7 @@ place that knows about mesh axes. Everything here checks what a user can get wro
 anything is compiled.
 """
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -107,7 +108,6 @@ def maybe_initialize_distributed(coordinator: str = '', num_processes: int = 0,
   TPU pod workers and SLURM jobs are detected by jax itself; GPU clusters without SLURM
   pass the coordinator address, process count and id.
   """
-  import os
   if jax.distributed.is_initialized():
     return
   if coordinator:

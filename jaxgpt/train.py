@@ -3,10 +3,10 @@
 `train_step(state, batch) -> (state, metrics)` is jitted once with explicit in/out
 shardings and donated state; logging, evaluation and checkpointing stay on the host.
 """
+import contextlib
 import dataclasses
 import logging
 import os
-import time
 from typing import Any
 
 import flax.linen as nn
@@ -64,7 +64,6 @@ class Setup:
 
   def context(self):
     """Mesh and logical rules for tracing: what the model's constraints resolve against."""
-    import contextlib
     stack = contextlib.ExitStack()
     stack.enter_context(jax.set_mesh(self.mesh))
     stack.enter_context(nn.logical_axis_rules(self.rules))

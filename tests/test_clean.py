@@ -1,4 +1,3 @@
-import pytest
 from configs import base
 from jaxgpt.data import clean
 from jaxgpt.data.corpus import Document

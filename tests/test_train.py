@@ -3,7 +3,6 @@ import os
 
 import jax
 import numpy as np
-import pytest
 
 from configs import mesh as mesh_presets
 from jaxgpt import model as model_lib
