@@ -30,7 +30,13 @@ def _exit_on_unknown_key(parse):
 _exit_on_unknown_key(lambda: config_flags.DEFINE_config_file(
     'config', 'experiments/default.py', 'Experiment config file[:arg].', lock_config=True))
 flags.DEFINE_string('workdir', None, 'Run directory: data, checkpoints, metrics, samples.')
-flags.DEFINE_enum('mode', 'train', ['train'], 'What to do with the run.')
+flags.DEFINE_enum('mode', 'train', ['train', 'plan'],
+                  'train: train (or resume) and evaluate. plan: compile the train step for '
+                  '--topology and report memory, FLOPs and collectives without running it.')
+flags.DEFINE_string('topology', 'cpu:8', 'For --mode=plan: cpu:N (emulated CPU devices) or a '
+                    'TPU slice such as v5e-8, v5p-64, v4-32 (needs the libtpu package).')
+flags.DEFINE_float('device_memory_gb', 0.0, 'For --mode=plan: device memory to check against '
+                   '(0: the TPU generation\'s HBM).')
 flags.DEFINE_string('coordinator', '', 'Multi-process runs without SLURM/TPU: host:port of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'With --coordinator: how many processes.')
 flags.DEFINE_integer('process_id', -1, 'With --coordinator: this process\'s index.')
@@ -43,15 +49,35 @@ def main(argv):
   # Our progress at INFO; the libraries' (orbax logs every save) at WARNING.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger('jaxgpt').setLevel(logging.INFO)
+  import jax
+  if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:'):
+    # Must happen before jax starts its CPU backend.
+    jax.config.update('jax_num_cpu_devices', int(FLAGS.topology[4:]))
   from jaxgpt import sharding, train
-  sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
   try:
     if FLAGS.mode == 'train':
+      sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
+                                            FLAGS.process_id)
+      if jax.process_index() != 0:  # one process speaks for the run
+        logging.getLogger('jaxgpt').setLevel(logging.WARNING)
       result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
       logging.getLogger('jaxgpt').info('result: %s', result)
+    elif FLAGS.mode == 'plan':
+      _plan()
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+
+
+def _plan():
+  import os
+  from jaxgpt import plan
+  report = plan.plan(FLAGS.config, FLAGS.topology, FLAGS.device_memory_gb)
+  print(plan.table(report))
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  path = os.path.join(FLAGS.workdir, f'plan-{FLAGS.topology.replace(":", "")}.json')
+  plan.write(report, path)
+  print(f'wrote {path}')
 
 
 if __name__ == '__main__':

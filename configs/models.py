@@ -19,6 +19,15 @@ GPT2 = {
     '1.5b': (48, 1600, 25, 1024),
 }
 
+# The sizes the papers publish, to check our counts against. GPT-2's paper (table 2) lists
+# 117M/345M/762M/1542M from a miscount; the released models are 124M/355M/774M/1558M, and
+# the preset names follow them. 1.5b is checked against the paper's 1542M.
+PUBLISHED = {
+    'gpt3': {'125m': 125e6, '350m': 350e6, '760m': 760e6, '1.3b': 1.3e9, '2.7b': 2.7e9,
+             '6.7b': 6.7e9},
+    'gpt2': {'124m': 124e6, '355m': 355e6, '774m': 774e6, '1.5b': 1542e6},
+}
+
 
 def apply(config, preset):
   """Writes a (layers, width, heads, seq_len) preset into config.model."""
@@ -28,3 +37,9 @@ def apply(config, preset):
   config.model.num_heads = heads
   config.model.seq_len = seq_len
   return config
+
+
+def preset(table, name, family):
+  if name not in table:
+    raise KeyError(f'unknown {family} preset {name!r}; choose one of {", ".join(table)}')
+  return table[name]

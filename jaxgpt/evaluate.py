@@ -8,6 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 
 def token_nll(logits_BxLxV, targets_BxL):
@@ -42,8 +43,9 @@ def evaluate(eval_step, params, batches, byte_table_V, to_global) -> dict:
 
 
 def make_jitted_eval_step(model, state_param_shardings, batch_sharding):
-  return jax.jit(make_eval_step(model),
-                 in_shardings=(state_param_shardings, batch_sharding, None))
+  replicated = NamedSharding(batch_sharding.mesh, P())
+  return jax.jit(make_eval_step(model), in_shardings=(state_param_shardings, batch_sharding,
+                                                      replicated), out_shardings=replicated)
 
 
 def byte_table(tokenizer, vocab_size):

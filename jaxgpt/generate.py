@@ -4,9 +4,12 @@ This first version recomputes the whole window for every new token (a fixed (B, 
 buffer, so one compiled function serves every step); prompts longer than the model's
 context keep their last seq_len tokens.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 
 def sample_logits(logits_BxV, rng, temperature: float, top_k: int):
@@ -19,20 +22,27 @@ def sample_logits(logits_BxV, rng, temperature: float, top_k: int):
   return jax.random.categorical(rng, logits_BxV, axis=-1)
 
 
-def make_next_token(model, temperature: float, top_k: int):
-  @jax.jit
+def make_next_token(model, temperature: float, top_k: int, mesh):
+  replicated = NamedSharding(mesh, P())
+
+  @functools.partial(jax.jit, out_shardings=replicated)
   def next_token(params, tokens_BxL, last_B, rng):
     logits_BxLxV = model.apply({'params': params}, tokens_BxL, deterministic=True)
     logits_BxV = jnp.take_along_axis(logits_BxLxV, last_B[:, None, None], axis=1)[:, 0]
     return sample_logits(logits_BxV, rng, temperature, top_k)
-  return next_token
+
+  # Inputs become global replicated arrays: every process passes the same host values.
+  to_global = lambda x: jax.make_array_from_process_local_data(replicated, x)
+  return lambda params, tokens, last, rng: next_token(params, to_global(tokens),
+                                                      to_global(last), rng)
 
 
 def sample(model, params, tokenizer, prompts: list[str], max_new_tokens: int,
            temperature: float = 1.0, top_k: int = 0, seed: int = 0) -> list[str]:
   """Continues each prompt by up to max_new_tokens, stopping at end-of-document."""
   seq_len = model.cfg.seq_len
-  next_token = make_next_token(model, temperature, top_k)
+  mesh = jax.tree.leaves(params)[0].sharding.mesh
+  next_token = make_next_token(model, temperature, top_k, mesh)
   seqs = [tokenizer.encode(p) or [tokenizer.eod_id] for p in prompts]
   starts = [len(s) for s in seqs]
   done = [False] * len(seqs)

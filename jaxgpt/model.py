@@ -224,7 +224,11 @@ class Transformer(nn.Module):
     pos_LxD = self.param('pos_embed', nn.with_logical_partitioning(init, (None, 'embed')),
                          (cfg.seq_len, cfg.d_model), jnp.float32)
     dtype = jnp.dtype(cfg.dtype)
-    x_BxLxD = (jnp.take(embed_VxD, tokens_BxL, axis=0) + pos_LxD[:length]).astype(dtype)
+    # Gather the table's fsdp shards first (as for any fsdp weight) and look up in the
+    # vocab-sharded table: left to itself, the SPMD partitioner replicates the whole lookup.
+    table_VxD = nn.with_logical_constraint(embed_VxD, ('vocab', None))
+    pos_LxD = nn.with_logical_constraint(pos_LxD, (None, None))
+    x_BxLxD = (jnp.take(table_VxD, tokens_BxL, axis=0) + pos_LxD[:length]).astype(dtype)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
     x_BxLxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxLxD)
 

@@ -74,9 +74,10 @@ def setup(config, model_cfg: model_lib.ModelConfig, mesh) -> Setup:
   model = model_lib.Transformer(model_cfg)
   tx, lr = optim.make(config.optim, config.train.steps)
   rules = sharding.rules(config.mesh)
+  rng = jax.eval_shape(jax.random.key, 0)  # abstract: the mesh may be a remote topology's
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, model_cfg.seq_len), jnp.int32)),
-                           jax.random.key(0))['params']
+                           rng)['params']
   param_sh = sharding.logical_shardings(boxed, mesh, config.mesh)
   params = _strip_boxes(boxed)
   sharding.check_divisible(params, param_sh)
@@ -135,8 +136,10 @@ def make_train_step(model, tx, lr, micro_batches: int, seed: int):
 
 def jit_train_step(s: Setup, config):
   step = make_train_step(s.model, s.tx, s.lr, config.train.micro_batches, config.train.seed)
+  # Metrics come back replicated, so every process can read them without a gather.
   return jax.jit(step, in_shardings=(s.state_shardings, sharding.batch_sharding(s.mesh)),
-                 out_shardings=(s.state_shardings, None), donate_argnums=0)
+                 out_shardings=(s.state_shardings, NamedSharding(s.mesh, P())),
+                 donate_argnums=0)
 
 
 def check_config(config, mesh):
@@ -161,7 +164,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.close()
     return {'complete': True, 'step': latest}
 
-  prepared = pipeline.prepare(config.data, workdir)
+  prepared = _prepare_data(config.data, workdir)
   log.info('token store: %s tokens', prepared.manifest['tokens'])
   model_cfg = model_lib.ModelConfig.from_config(config.model, prepared.tokenizer.vocab_size)
   s = setup(config, model_cfg, mesh)
@@ -186,6 +189,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     _finish(config, workdir, s, state, prepared, writer)
   writer.close()
   return {**result, 'step': step, 'params': model_lib.param_count(model_cfg)}
+
+
+def _prepare_data(data_cfg, workdir):
+  """Process 0 builds the token store first; the others then reuse it (shared filesystem)
+  or build the same one (local disks): never two writers of one file at once."""
+  if jax.process_count() == 1:
+    return pipeline.prepare(data_cfg, workdir)
+  from jax.experimental import multihost_utils
+  prepared = pipeline.prepare(data_cfg, workdir) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('jaxgpt: token store prepared')
+  return prepared or pipeline.prepare(data_cfg, workdir)
 
 
 def _evaluator(config, s: Setup, prepared, writer):

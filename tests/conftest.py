@@ -7,61 +7,9 @@ import jax  # noqa: E402
 
 jax.config.update('jax_num_cpu_devices', 8)
 
-import random  # noqa: E402
-
 import pytest  # noqa: E402
 
-from experiments import default  # noqa: E402
-
-_WORDS = ('alpha beta gamma delta value result index count total item name data node '
-          'left right parent child key size limit offset buffer state').split()
-
-
-def write_corpus(directory, n_docs=40, seed=0):
-  """Small Python-like files: learnable structure, varied enough to split and dedup."""
-  rng = random.Random(seed)
-  os.makedirs(directory, exist_ok=True)
-  for i in range(n_docs):
-    lines = [f'# module {i}\n']
-    for f in range(rng.randint(3, 6)):
-      a, b = rng.sample(_WORDS, 2)
-      lines.append(f'def {a}_{f}({b}, {a}=None):\n')
-      for _ in range(rng.randint(2, 5)):
-        x, y = rng.sample(_WORDS, 2)
-        lines.append(f'    {x} = {y} + {rng.randint(0, 99)}\n')
-      lines.append(f'    return {a}\n\n')
-    with open(os.path.join(directory, f'doc_{i:03d}.py'), 'w') as fh:
-      fh.write(''.join(lines))
-  return directory
-
-
-def tiny_config(corpus_dir, **train):
-  """The default experiment shrunk to seconds on CPU; `train` overrides config.train."""
-  c = default.get_config()
-  c.data.source = 'files'
-  c.data.paths = (str(corpus_dir),)
-  c.data.val_fraction = 0.1
-  c.data.clean.min_chars = 16
-  c.data.tokenizer.kind = 'char'
-  c.data.tokenizer.vocab_size = 300
-  c.model.num_layers = 2
-  c.model.num_heads = 4
-  c.model.d_model = 32
-  c.model.seq_len = 32
-  c.model.attention_block = 0
-  c.train.batch_size = 8
-  c.train.steps = 6
-  c.train.log_every = 1
-  c.train.eval_every = 1000
-  c.train.eval_batches = 2
-  c.train.checkpoint_every = 1000
-  c.train.peak_flops = 1e9  # skip the start-up matmul measurement
-  c.optim.warmup_steps = 2
-  c.eval.num_samples = 1
-  c.eval.sample_tokens = 4
-  for k, v in train.items():
-    c.train[k] = v
-  return c
+from tests.helpers import tiny_config, write_corpus  # noqa: E402,F401
 
 
 @pytest.fixture(scope='session')

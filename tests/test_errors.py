@@ -9,7 +9,7 @@ import pytest
 
 from jaxgpt import train
 from jaxgpt.errors import UserError
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

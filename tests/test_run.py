@@ -7,8 +7,9 @@ import pytest
 from jaxgpt import checkpoint
 from jaxgpt import model as model_lib
 from jaxgpt import train
-from experiments import gpt3
-from tests.conftest import tiny_config
+from configs import models
+from experiments import gpt2, gpt3
+from tests.helpers import tiny_config
 
 
 @pytest.mark.slow
@@ -35,7 +36,15 @@ def test_train_and_evaluate_writes_every_record(corpus_dir, tmp_path):
   ckpt.close()
 
 
-@pytest.mark.parametrize('preset,published', [('125m', 125e6), ('350m', 350e6), ('1.3b', 1.3e9)])
-def test_gpt3_presets(preset, published):
-  cfg = model_lib.ModelConfig.from_config(gpt3.get_config(preset).model, 50257)
-  assert abs(model_lib.param_count(cfg) / published - 1) < 0.03
+@pytest.mark.parametrize('family,preset', [(f, p) for f in ('gpt2', 'gpt3')
+                                            for p in models.PUBLISHED[f]])
+def test_presets_match_published_sizes(family, preset):
+  experiment = {'gpt2': gpt2, 'gpt3': gpt3}[family]
+  cfg = model_lib.ModelConfig.from_config(experiment.get_config(preset).model)
+  assert cfg.vocab_size == 50304 and cfg.seq_len == (1024 if family == 'gpt2' else 2048)
+  assert abs(model_lib.param_count(cfg) / models.PUBLISHED[family][preset] - 1) < 0.02
+
+
+def test_unknown_preset_names_the_choices():
+  with pytest.raises(KeyError, match="unknown GPT-3 preset '13b'; choose one of 125m, 350m"):
+    gpt3.get_config('13b')

@@ -7,7 +7,7 @@ from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt import train
 from jaxgpt.errors import UserError
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def _mesh_cfg(data, fsdp, tensor):

@@ -8,7 +8,7 @@ from configs import mesh as mesh_presets
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def _batch(config, vocab, seed=0):
@@ -41,7 +41,7 @@ def _losses(config, shape, steps=3, batches=None):
 def test_first_losses_agree_across_meshes(corpus_dir):
   config = tiny_config(corpus_dir)
   reference, _ = _losses(config, (1, 1, 1))
-  for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]:
+  for shape in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4), (1, 1, 4), (2, 4, 1), (4, 1, 2)]:
     losses, _ = _losses(tiny_config(corpus_dir), shape)
     np.testing.assert_allclose(losses, reference, rtol=0, atol=1e-5, err_msg=str(shape))
   assert reference[2] < reference[0]  # and they are training, not constant

@@ -6,8 +6,9 @@
 data config and the same cleaned documents reuses the store.
 
 `train_loader` yields windows of seq_len + 1 tokens cut at fixed offsets and shuffled by
-grain from the seed; each process reads its own shard and the iterator's state is saved in
-checkpoints, so a resumed run sees exactly the batches it would have seen.
+grain from the seed; each process reads only its rows of each global batch, and the
+iterator's state is saved in checkpoints, so a resumed run sees exactly the batches it
+would have seen.
 """
 import dataclasses
 import hashlib
@@ -178,19 +179,28 @@ def check_batch(global_batch: int, process_count: int):
 
 
 def train_loader(prepared: Prepared, seq_len: int, global_batch: int, seed: int,
-                 process_index: int = 0, process_count: int = 1) -> grain.DataLoader:
-  """Shuffled, endlessly repeating batches of this process's share of the global batch."""
+                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """Shuffled, endlessly repeating batches: this process's rows of each global batch.
+
+  Every process draws the same sequence of global batches (window indices, reshuffled each
+  epoch from the seed) and reads only its own slice of rows, so the global batch at a step
+  is the same whatever the number of processes, and a resumed run continues the sequence.
+  """
   check_batch(global_batch, process_count)
   source = TokenWindows(prepared.train_path, seq_len)
   if len(source) < global_batch:
     raise UserError(f'the training split has {len(source)} windows of {seq_len} tokens, fewer '
                     f'than one batch ({global_batch}); use more text or a smaller seq_len/batch')
-  shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
-  sampler = grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=True,
-                                        num_epochs=None, seed=seed)
-  return grain.DataLoader(
-      data_source=source, sampler=sampler, worker_count=0,
-      operations=[grain.transforms.Batch(global_batch // process_count, drop_remainder=True)])
+  local = global_batch // process_count
+  mine = slice(process_index * local, (process_index + 1) * local)
+
+  def read_rows(indices_B):
+    rows = [source[i] for i in indices_B[mine]]
+    return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+
+  return (grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
+          .batch(global_batch, drop_remainder=True).map(read_rows)
+          .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 
 
 def eval_batches(prepared: Prepared, seq_len: int, global_batch: int, max_batches: int = 0,

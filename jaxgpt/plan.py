@@ -1,0 +1,158 @@
+"""Will this config fit that target? Compile the train step for it, without running it.
+
+`plan(config, 'v5p-64')` lowers and compiles the real train step (same shardings, same
+donation) for the config's mesh over the target's devices: emulated CPU devices (`cpu:8`)
+or a TPU slice described by libtpu (`jax.experimental.topologies`), so a CPU machine can
+answer before any accelerator time is spent. It reports per-device bytes (params,
+optimizer state, gradients, XLA's temporaries), whether they fit the device memory, XLA's
+FLOPs beside the model's, and the collectives in the compiled program.
+"""
+import collections
+import json
+import math
+import re
+
+import jax
+import numpy as np
+
+from configs import topologies
+from jaxgpt import metrics as metrics_lib
+from jaxgpt import model as model_lib
+from jaxgpt import sharding
+from jaxgpt import train
+from jaxgpt.errors import UserError
+
+GIB = 1 << 30
+_DTYPE_BYTES = {'f32': 4, 'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 'f64': 8, 's64': 8,
+                'u64': 8, 's8': 1, 'u8': 1, 'pred': 1, 's16': 2, 'u16': 2}
+_COLLECTIVE = re.compile(r'= (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|'
+                         r'collective-permute)(?:-start)?\(')
+_SHAPE = re.compile(r'\b([a-z]+\d*)\[([\d,]*)\]')
+
+
+def target_devices(topology: str):
+  """(devices, device memory bytes or 0, peak FLOP/s or 0) for 'cpu:N' or a TPU slice."""
+  if topology.startswith('cpu:'):
+    n = int(topology[4:])
+    cpus = jax.devices('cpu')
+    if len(cpus) < n:
+      raise UserError(f'--topology={topology} needs {n} CPU devices but jax has {len(cpus)}; '
+                      'run.py sets jax_num_cpu_devices from --topology before jax starts, so '
+                      'pass it on the command line rather than importing jax first')
+    return cpus[:n], 0, 0.0
+  try:
+    topo_name, chip_config, _, hbm, peak = topologies.parse(topology)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  try:
+    from jax.experimental import topologies as jax_topologies
+    desc = jax_topologies.get_topology_desc(
+        platform='tpu', topology_name=topo_name, chip_config_name=chip_config,
+        chips_per_host_bounds=(2, 2, 1), num_slices=1)
+  except Exception as e:  # no libtpu: jax raises RuntimeError or ValueError depending on version
+    raise UserError(f'--topology={topology} needs the TPU compiler from the optional libtpu '
+                    f'package (pip install libtpu); it could not be loaded: {e}') from None
+  return list(desc.devices), hbm, peak
+
+
+def _shard_bytes(abstract_tree) -> int:
+  return sum(math.prod(a.sharding.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+             for a in jax.tree.leaves(abstract_tree))
+
+
+def collectives(hlo_text: str) -> dict[str, dict]:
+  """Kind -> {count, bytes}: the collectives of the compiled program, result bytes summed."""
+  out = collections.defaultdict(lambda: {'count': 0, 'bytes': 0})
+  for line in hlo_text.splitlines():
+    m = _COLLECTIVE.search(line)
+    if not m:
+      continue
+    size = sum(_DTYPE_BYTES.get(dt, 4) * math.prod(int(d) for d in dims.split(',') if d)
+               for dt, dims in _SHAPE.findall(m.group(1)))
+    out[m.group(2)]['count'] += 1
+    out[m.group(2)]['bytes'] += size
+  return dict(out)
+
+
+def compile_train_step(config, s: train.Setup):
+  batch = jax.ShapeDtypeStruct((config.train.batch_size, s.model.cfg.seq_len), np.int32,
+                               sharding=sharding.batch_sharding(s.mesh))
+  weights = jax.ShapeDtypeStruct(batch.shape, np.float32, sharding=batch.sharding)
+  with s.context():
+    lowered = train.jit_train_step(s, config).lower(
+        s.abstract_state, {'inputs': batch, 'targets': batch, 'weights': weights})
+    return lowered.compile()
+
+
+def plan(config, topology: str, device_memory_gb: float = 0.0) -> dict:
+  devices, hbm, peak = target_devices(topology)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  train.check_config(config, mesh)
+  model_cfg = model_lib.ModelConfig.from_config(config.model, config.data.tokenizer.vocab_size)
+  s = train.setup(config, model_cfg, mesh)
+  params = _shard_bytes(s.abstract_state.params)
+  optimizer = _shard_bytes(s.abstract_state.opt_state)
+  capacity = int(device_memory_gb * GIB) or hbm
+  tokens = config.train.batch_size * model_cfg.seq_len
+  report = {
+      'topology': topology, 'devices': len(devices), 'mesh': dict(mesh.shape),
+      'params': model_lib.param_count(model_cfg),
+      'bytes_per_device': {'params': params, 'optimizer': optimizer,
+                           # float32 and sharded like the params; XLA counts them as temporaries
+                           'gradients': params},
+      'device_memory': capacity,
+      'flops_per_device': {'model': metrics_lib.flops_per_token(model_cfg) * tokens / len(devices)},
+      'peak_flops_per_device': peak, 'collectives': {}, 'scan_layers': model_cfg.scan_layers,
+  }
+  try:
+    compiled = compile_train_step(config, s)
+  except jax.errors.JaxRuntimeError as e:
+    # The TPU compiler refuses a program that cannot fit, naming what its temporaries need.
+    m = re.search(r'temporaries \(([\d.]+)G\) exceeds available HBM', str(e))
+    if 'RESOURCE_EXHAUSTED' not in str(e) or not m:
+      raise
+    temps = int(float(m.group(1)) * GIB)
+    report['bytes_per_device'].update(temporaries=temps, total=params + optimizer + temps)
+    report['fits'] = False
+    return report
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  required = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+              + mem.temp_size_in_bytes)
+  report['bytes_per_device'].update(temporaries=mem.temp_size_in_bytes, total=required)
+  report['fits'] = bool(capacity) and required <= capacity
+  report['flops_per_device']['xla'] = float(cost.get('flops', 0.0))
+  report['collectives'] = collectives(compiled.as_text())
+  return report
+
+
+def table(r: dict) -> str:
+  gib = lambda b: f'{b / GIB:,.2f} GiB' if b >= GIB / 4 else f'{b / (1 << 20):,.2f} MiB'
+  mem = r['bytes_per_device']
+  rows = [('target', f"{r['topology']} ({r['devices']} devices, mesh {r['mesh']})"),
+          ('parameters', f"{r['params']:,}")]
+  rows += [(f'{k} / device', gib(v)) for k, v in mem.items()]
+  cap = r['device_memory']
+  rows.append(('device memory', gib(cap) if cap else 'unknown (pass --device_memory_gb)'))
+  rows.append(('fits', ('yes' if r['fits'] else 'NO') if cap else 'n/a'))
+  flops = r['flops_per_device']
+  if 'xla' in flops:
+    rows.append(('FLOPs / step / device', f"XLA {flops['xla']:.3e}, model {flops['model']:.3e} "
+                                           f"(x{flops['xla'] / max(flops['model'], 1):.2f})"))
+    if r['scan_layers']:
+      rows.append(('', "XLA's count has one pass of the scanned layer loop's body"))
+  else:
+    rows.append(('FLOPs / step / device', f"model {flops['model']:.3e} (XLA: not compiled, "
+                                           'the program does not fit)'))
+  if r['peak_flops_per_device']:
+    rows.append(('step time at 100% MFU', f"{flops['model'] / r['peak_flops_per_device']:.3f} s"))
+  for kind, c in sorted(r['collectives'].items()):
+    rows.append((f'  {kind}', f"{c['count']} ops, {gib(c['bytes'])}"))
+  width = max(len(k) for k, _ in rows)
+  return '\n'.join(f'{k:<{width}} | {v}' for k, v in rows)
+
+
+def write(r: dict, path: str):
+  with open(path, 'w') as f:
+    json.dump(r, f, indent=2)

@@ -1,0 +1,69 @@
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxgpt import plan
+from jaxgpt.errors import UserError
+from tests.helpers import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(corpus_dir, **mesh):
+  c = tiny_config(corpus_dir)
+  c.model.d_model, c.model.num_heads, c.model.seq_len = 128, 8, 64
+  c.data.tokenizer.vocab_size = 1000
+  for axis in ('data', 'fsdp', 'tensor'):
+    c.mesh.shape[axis] = mesh.get(axis, 1)
+  return c
+
+
+def test_fsdp_shards_params_and_optimizer_state(corpus_dir):
+  report = plan.plan(_config(corpus_dir, fsdp=8), 'cpu:8', device_memory_gb=1)
+  replicated = plan.plan(_config(corpus_dir, data=8), 'cpu:8')
+  mem, full = report['bytes_per_device'], replicated['bytes_per_device']
+  assert full['params'] == 4 * report['params']  # float32, whole on every device
+  sharded = mem['params'] + mem['optimizer']
+  assert abs(sharded / ((full['params'] + full['optimizer']) / 8) - 1) < 0.10
+  assert report['fits'] and report['device_memory'] == 1 << 30
+  assert report['collectives']['all-gather']['count'] > 0  # params gathered for use
+  assert 'all-gather' not in replicated['collectives']
+  assert report['flops_per_device']['xla'] == pytest.approx(
+      report['flops_per_device']['model'], rel=0.25)
+
+
+def test_does_not_fit_a_small_device(corpus_dir):
+  report = plan.plan(_config(corpus_dir, data=8), 'cpu:8', device_memory_gb=0.001)
+  assert not report['fits']
+  assert 'fits                  | NO' in plan.table(report)
+
+
+def test_unknown_topology_names_the_choices(corpus_dir):
+  with pytest.raises(UserError, match=r"unknown topology 'h100-8': use cpu:N or one of"):
+    plan.plan(_config(corpus_dir), 'h100-8')
+  with pytest.raises(UserError, match=r"no v5e slice with 3 chips"):
+    plan.plan(_config(corpus_dir), 'v5e-3')
+
+
+@pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
+                    reason='the optional libtpu package is not installed')
+def test_tpu_topology(corpus_dir):
+  report = plan.plan(_config(corpus_dir, fsdp=8), 'v5e-8')
+  assert report['devices'] == 8 and report['device_memory'] == 16 << 30 and report['fits']
+  assert report['collectives']
+
+
+@pytest.mark.slow
+def test_run_py_plan_mode_prints_and_writes(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, 'run.py', '--config=experiments/default.py', f'--workdir={tmp_path}',
+       '--mode=plan', '--topology=cpu:8', '--config.mesh.shape.fsdp=2',
+       '--config.mesh.shape.tensor=2'], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in proc.stdout
+  assert 'temporaries / device' in proc.stdout and 'all-reduce' in proc.stdout
+  assert (tmp_path / 'plan-cpu8.json').exists()
