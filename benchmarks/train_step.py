@@ -1,0 +1,62 @@
+"""Train-step throughput and MFU on this machine, float32.
+
+    python benchmarks/train_step.py [--repeats=10] [--json=benchmarks/train_step.json]
+
+MFU counts 6N + 12 * layers * width * seq_len FLOPs per token (N: params less the
+position table) against the float32 matmul peak measured in the same run.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from jaxgpt import metrics  # noqa: E402
+from jaxgpt import sharding  # noqa: E402
+from jaxgpt import train  # noqa: E402
+
+CONFIGS = {  # name: (layers, heads, width, seq_len, batch)
+    'small 4L/128w/64t': (4, 4, 128, 64, 12),
+    'medium 6L/384w/256t': (6, 6, 384, 256, 16),
+}
+
+
+def measure(name, shape, repeats, peak, **model):
+  config = common.model_config(*shape, **model)
+  s = common.setup(config)
+  state = s.init_state(0)
+  batch = sharding.global_batch(common.random_batch(config, s.model.cfg.vocab_size), s.mesh)
+  with s.context():
+    step = train.jit_train_step(s, config)
+    holder = [state]
+
+    def run():
+      holder[0], m = step(holder[0], batch)
+      jax.block_until_ready(m)
+
+    median, times = common.time_calls(run, repeats)
+  tokens = config.train.batch_size * config.model.seq_len
+  flops = metrics.flops_per_token(s.model.cfg) * tokens
+  return {'config': name, 'step_ms': round(1e3 * median, 1),
+          'tokens_per_s': round(tokens / median), 'mfu_pct': round(100 * flops / median / peak, 1),
+          'gflop_per_step': round(flops / 1e9, 2), 'times_s': [round(t, 4) for t in times],
+          **{k: v for k, v in model.items()}}
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--repeats', type=int, default=10)
+  parser.add_argument('--json', default=os.path.join(os.path.dirname(__file__), 'train_step.json'))
+  args = parser.parse_args()
+  peak = common.matmul_peak()
+  print(f'float32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({jax.devices()[0].device_kind})')
+  rows = [measure(name, shape, args.repeats, peak) for name, shape in CONFIGS.items()]
+  common.print_table(rows, ['config', 'step_ms', 'tokens_per_s', 'mfu_pct', 'gflop_per_step'])
+  common.write_json(args.json, {'peak_flops': peak, 'rows': rows})
+
+
+if __name__ == '__main__':
+  main()
