@@ -9,7 +9,6 @@ heads, head_dim, mlp, vocab, layers); only the config's rules (configs/mesh.py) 
 mesh axes those map to.
 """
 import dataclasses
-import functools
 import math
 
 import flax.linen as nn
@@ -147,9 +146,15 @@ def causal_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, block: int, dropout_fn):
     k_pos = jnp.arange(end)[None, :]
     # A large finite negative rather than -inf keeps fully masked rows NaN-free.
     logits_BxHxQxS = jnp.where(k_pos <= q_pos, logits_BxHxQxS, -1e30)
-    probs_BxHxQxS = dropout_fn(jax.nn.softmax(logits_BxHxQxS, axis=-1))
-    out_blocks.append(jnp.einsum('bhqs,bhsk->bhqk', probs_BxHxQxS.astype(v_BxHxSxK.dtype),
-                                 v_BxHxSxK[:, :, :end]))
+    # Softmax with the normalisation moved after the product with v: dividing the
+    # (B, H, Q, K) output costs K/S of dividing the (B, H, Q, S) weights. Dropout is
+    # elementwise, so dropping unnormalised weights gives the same result.
+    max_BxHxQx1 = jax.lax.stop_gradient(logits_BxHxQxS.max(axis=-1, keepdims=True))
+    weights_BxHxQxS = jnp.exp(logits_BxHxQxS - max_BxHxQx1)
+    total_BxHxQx1 = weights_BxHxQxS.sum(axis=-1, keepdims=True)
+    out_BxHxQxK = jnp.einsum('bhqs,bhsk->bhqk', dropout_fn(weights_BxHxQxS).astype(v_BxHxSxK.dtype),
+                             v_BxHxSxK[:, :, :end], preferred_element_type=jnp.float32)
+    out_blocks.append((out_BxHxQxK / total_BxHxQx1).astype(v_BxHxSxK.dtype))
   out_BxHxLxK = jnp.concatenate(out_blocks, axis=2) if len(out_blocks) > 1 else out_blocks[0]
   return out_BxHxLxK.transpose(0, 2, 1, 3)
 
@@ -162,10 +167,12 @@ class Attention(nn.Module):
   def __call__(self, x_BxLxD):
     cfg = self.cfg
     h, k = cfg.num_heads, cfg.head_dim
-    qkv = functools.partial(Dense, (h, k), ('embed', 'heads', 'head_dim'), cfg)
-    q_BxLxHxK = qkv(name='query')(x_BxLxD)
-    k_BxLxHxK = qkv(name='key')(x_BxLxD)
-    v_BxLxHxK = qkv(name='value')(x_BxLxD)
+    # One matmul for query, key and value: a third as many calls, each three times wider,
+    # which XLA's CPU backend runs faster than three (D, D) products. Heads come first in
+    # the output so that a tensor-parallel shard of the kernel is one contiguous block.
+    qkv_BxLxHx3xK = Dense((h, 3, k), ('embed', 'heads', None, 'head_dim'), cfg,
+                          name='qkv')(x_BxLxD)
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLxHx3xK[:, :, :, i] for i in range(3))
     names = ('batch', 'length', 'heads', 'head_dim')
     q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, names)
     k_BxLxHxK = nn.with_logical_constraint(k_BxLxHxK, names)

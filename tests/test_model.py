@@ -91,8 +91,8 @@ def test_params_and_activations_carry_logical_names():
   boxed = m.init(jax.random.key(0), jnp.zeros((1, CFG.seq_len), jnp.int32))['params']
   names = nn.get_partition_spec(boxed)
   assert names['tok_embed'] == jax.sharding.PartitionSpec('vocab', 'embed')
-  assert names['block_0']['attn']['query']['kernel'] == jax.sharding.PartitionSpec(
-      'embed', 'heads', 'head_dim')
+  assert names['block_0']['attn']['qkv']['kernel'] == jax.sharding.PartitionSpec(
+      'embed', 'heads', None, 'head_dim')
   assert names['block_0']['attn']['out']['kernel'] == jax.sharding.PartitionSpec(
       'heads', 'head_dim', 'embed')
   assert names['block_0']['mlp']['fc_in']['kernel'] == jax.sharding.PartitionSpec('embed', 'mlp')

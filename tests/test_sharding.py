@@ -31,16 +31,14 @@ def test_every_param_sharding_matches_the_rules(corpus_dir):
   # The Megatron + ZeRO-3 layout the rules describe, written out by hand.
   expected = {
       'tok_embed': P('tensor', 'fsdp'), 'pos_embed': P(None, 'fsdp'),
-      'query/kernel': P('fsdp', 'tensor', None), 'query/bias': P('tensor', None),
-      'key/kernel': P('fsdp', 'tensor', None), 'value/kernel': P('fsdp', 'tensor', None),
-      'key/bias': P('tensor', None), 'value/bias': P('tensor', None),
+      'qkv/kernel': P('fsdp', 'tensor', None, None), 'qkv/bias': P('tensor', None, None),
       'out/kernel': P('tensor', None, 'fsdp'), 'out/bias': P('fsdp'),
       'fc_in/kernel': P('fsdp', 'tensor'), 'fc_in/bias': P('tensor'),
       'fc_out/kernel': P('tensor', 'fsdp'), 'fc_out/bias': P('fsdp'),
       'scale': P('fsdp'), 'bias': P('fsdp'),  # LayerNorms
   }
   leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
-  assert len(leaves) == 4 + 2 * 16
+  assert len(leaves) == 4 + 2 * 12
   for path, leaf in leaves:
     name = '/'.join(k.key for k in path)
     rule = next(v for k, v in expected.items() if ('/' + name).endswith('/' + k))
