@@ -67,3 +67,11 @@ def test_run_py_plan_mode_prints_and_writes(tmp_path):
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in proc.stdout
   assert 'temporaries / device' in proc.stdout and 'all-reduce' in proc.stdout
   assert (tmp_path / 'plan-cpu8.json').exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec('libtpu') is not None,
+                    reason='libtpu is installed: the TPU test above runs instead')
+def test_tpu_topology_without_libtpu_says_what_to_install(corpus_dir):
+  with pytest.raises(UserError, match=r'needs the TPU compiler from the optional libtpu '
+                                      r'package \(pip install libtpu\)'):
+    plan.plan(_config(corpus_dir, fsdp=8), 'v5e-8')
