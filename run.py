@@ -37,7 +37,8 @@ flags.DEFINE_string('topology', 'cpu:8', 'For --mode=plan: cpu:N (emulated CPU d
                     'TPU slice such as v5e-8, v5p-64, v4-32 (needs the libtpu package).')
 flags.DEFINE_float('device_memory_gb', 0.0, 'For --mode=plan: device memory to check against '
                    '(0: the TPU generation\'s HBM).')
-flags.DEFINE_string('coordinator', '', 'Multi-process runs without SLURM/TPU: host:port of process 0.')
+flags.DEFINE_string('coordinator', '',
+                    'Multi-process runs without SLURM/TPU: host:port of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'With --coordinator: how many processes.')
 flags.DEFINE_integer('process_id', -1, 'With --coordinator: this process\'s index.')
 flags.mark_flags_as_required(['workdir'])

@@ -31,6 +31,6 @@ def parse(name: str):
   chips = int(count) // 2 if counts_cores else int(count)
   grids = GRID_3D if counts_cores else GRID_2D
   if chips not in grids:
-    raise ValueError(f'{name!r}: no {family} slice with {chips} chips; '
-                     f'choose among {", ".join(f"{family}-{c * (2 if counts_cores else 1)}" for c in grids)}')
+    names = ', '.join(f'{family}-{c * (2 if counts_cores else 1)}' for c in grids)
+    raise ValueError(f'{name!r}: no {family} slice with {chips} chips; choose among {names}')
   return f'{family}:{grids[chips]}', chip_config, chips, hbm, peak

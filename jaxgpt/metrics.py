@@ -39,7 +39,9 @@ def measure_peak_flops(size: int = 1024, repeats: int = 5) -> float:
 
 def _format_seconds(s: float) -> str:
   s = int(max(s, 0))
-  return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}' if s >= 3600 else f'{s // 60}:{s % 60:02d}'
+  if s >= 3600:
+    return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}'
+  return f'{s // 60}:{s % 60:02d}'
 
 
 class Writer:
@@ -115,7 +117,8 @@ def plot_losses(jsonl_path: str, png_path: str):
   for kind, (steps, losses) in series.items():
     if steps:
       order = np.argsort(steps, kind='stable')
-      ax.plot(np.asarray(steps)[order], np.asarray(losses)[order], marker='o' if kind == 'eval' else None,
+      ax.plot(np.asarray(steps)[order], np.asarray(losses)[order],
+              marker='o' if kind == 'eval' else None,
               label='validation' if kind == 'eval' else 'train')
   ax.set_xlabel('step')
   ax.set_ylabel('loss (nats/token)')

@@ -126,8 +126,8 @@ def make_train_step(model, tx, lr, micro_batches: int, seed: int):
     tokens = jnp.maximum(tokens, 1.0)
     grads = jax.tree.map(lambda g: g / tokens, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, opt_state=opt_state,
+                              params=optax.apply_updates(state.params, updates))
     metrics = {'loss': nll / tokens, 'grad_norm': optax.tree.norm(grads), 'lr': lr(state.step)}
     return new_state, metrics
 
@@ -271,6 +271,7 @@ def _finish(config, workdir, s, state, prepared, writer):
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'samples.txt'), 'w') as f:
       for i, text in enumerate(texts):
-        block = f'--- sample {i} (temperature {ec.temperature}, top-k {ec.top_k}) ---\n{ec.prompt}{text}\n'
+        header = f'--- sample {i} (temperature {ec.temperature}, top-k {ec.top_k}) ---'
+        block = f'{header}\n{ec.prompt}{text}\n'
         f.write(block)
         print(block, flush=True)

@@ -61,7 +61,8 @@ def test_saved_model_file_can_be_named_instead(texts, tmp_path):
 def test_bad_tokenizer_settings(texts, tmp_path):
   with pytest.raises(UserError, match='byte fallback alone needs 256 ids'):
     tokenizer_lib.train(texts, _cfg('bpe', 100))
-  with pytest.raises(UserError, match=r'vocab_size=5000 is more than this corpus supports; use at most \d+'):
+  with pytest.raises(UserError, match=r'vocab_size=5000 is more than this corpus supports; '
+                                      r'use at most \d+'):
     tokenizer_lib.train(texts, _cfg('bpe', 5000))
   with pytest.raises(UserError, match="use 'bpe', 'unigram' or 'char'"):
     tokenizer_lib.train(texts, _cfg('wordpiece', 400))

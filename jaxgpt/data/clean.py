@@ -64,7 +64,8 @@ def clean(docs: Iterable[Document], cfg) -> tuple[list[Document], dict[str, int]
   return kept, {'input': total, **counts, 'kept': len(kept)}
 
 
-def split_by_hash(docs: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+def split_by_hash(docs: list[Document],
+                  val_fraction: float) -> tuple[list[Document], list[Document]]:
   """Assigns each document by its content hash, so the split never depends on order.
 
   A corpus too small to give both sides a document (one big file, say) is split by

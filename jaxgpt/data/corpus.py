@@ -84,7 +84,8 @@ def _jsonl_documents(path, text, field) -> Iterator[Document]:
     try:
       record = json.loads(line)
     except json.JSONDecodeError as e:
-      raise UserError(f'{path}:{lineno} is not valid JSON ({e.msg}); fix or remove that line') from None
+      raise UserError(f'{path}:{lineno} is not valid JSON ({e.msg}); '
+                      'fix or remove that line') from None
     if not isinstance(record, dict) or field not in record:
       raise UserError(f'{path}:{lineno} has no {field!r} field; set data.text_field '
                       'to the field that holds the text')
@@ -115,7 +116,8 @@ def tfds_documents(name, split, data_dir, text_field) -> Iterator[Document]:
                     "file_format='array_record' or set data.data_dir") from None
   for i in range(len(source)):
     value = source[i][text_field]
-    yield Document(f'{name}/{split}/{i}', value.decode('utf-8') if isinstance(value, bytes) else str(value))
+    text = value.decode('utf-8') if isinstance(value, bytes) else str(value)
+    yield Document(f'{name}/{split}/{i}', text)
 
 
 def documents(cfg, stats: ReadStats | None = None, validation=False) -> Iterator[Document]:

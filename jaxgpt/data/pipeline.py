@@ -124,8 +124,8 @@ def prepare(cfg, workdir: str) -> Prepared:
       'tokenizer': {'sha256': tokenizer.sha256, 'vocab_size': tokenizer.vocab_size,
                     'kind': cfg.tokenizer.kind, 'model_path': cfg.tokenizer.model_path},
       'documents': {'train': len(train_docs), 'val': len(val_docs)},
-      'tokens': {'train': _write_tokens(os.path.join(directory, 'train.bin'), tokenizer, train_docs),
-                 'val': _write_tokens(os.path.join(directory, 'val.bin'), tokenizer, val_docs)},
+      'tokens': {split: _write_tokens(os.path.join(directory, f'{split}.bin'), tokenizer, docs)
+                 for split, docs in (('train', train_docs), ('val', val_docs))},
       'seconds': round(time.time() - start, 2),
   }
   tmp = manifest_path + '.tmp'
@@ -151,7 +151,8 @@ class TokenWindows(grain.sources.RandomAccessDataSource):
   def __repr__(self):
     # grain checks a restored iterator against repr(source): keep it free of the workdir's
     # location so that a moved run directory still resumes.
-    return f'TokenWindows({os.path.basename(self.path)}, seq_len={self.seq_len}, windows={self._len})'
+    name = os.path.basename(self.path)
+    return f'TokenWindows({name}, seq_len={self.seq_len}, windows={self._len})'
 
   def __getitem__(self, index):
     if self._tokens is None:  # opened lazily so the source pickles cheaply
