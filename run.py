@@ -2,6 +2,7 @@
 
 Any config field can be overridden: --config.train.steps=200 --config.model.dtype=bfloat16.
 """
+import json
 import logging
 import sys
 
@@ -30,9 +31,11 @@ def _exit_on_unknown_key(parse):
 _exit_on_unknown_key(lambda: config_flags.DEFINE_config_file(
     'config', 'experiments/default.py', 'Experiment config file[:arg].', lock_config=True))
 flags.DEFINE_string('workdir', None, 'Run directory: data, checkpoints, metrics, samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'plan'],
-                  'train: train (or resume) and evaluate. plan: compile the train step for '
-                  '--topology and report memory, FLOPs and collectives without running it.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'plan'],
+                  'train: train (or resume) and evaluate. eval: evaluate a checkpoint of the '
+                  'run in --workdir on this machine\'s devices. plan: compile the train step '
+                  'for --topology and report memory, FLOPs and collectives without running it.')
+flags.DEFINE_integer('step', None, 'For --mode=eval: the checkpoint step (default: the latest).')
 flags.DEFINE_string('topology', 'cpu:8', 'For --mode=plan: cpu:N (emulated CPU devices) or a '
                     'TPU slice such as v5e-8, v5p-64, v4-32 (needs the libtpu package).')
 flags.DEFINE_float('device_memory_gb', 0.0, 'For --mode=plan: device memory to check against '
@@ -63,6 +66,11 @@ def main(argv):
         logging.getLogger('jaxgpt').setLevel(logging.WARNING)
       result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
       logging.getLogger('jaxgpt').info('result: %s', result)
+    elif FLAGS.mode == 'eval':
+      sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
+                                            FLAGS.process_id)
+      result = train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
+      print(json.dumps(result, indent=2))
     elif FLAGS.mode == 'plan':
       _plan()
   except UserError as e:

@@ -14,6 +14,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from jaxgpt.data import tokenizer as tokenizer_lib
+
 
 class Checkpointer:
 
@@ -53,6 +55,12 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def load_tokenizer(checkpointer: Checkpointer, step: int) -> tokenizer_lib.Tokenizer:
+  """The tokenizer a checkpoint was trained with, from its own item."""
+  item = checkpointer.restore_json(step, 'tokenizer')
+  return tokenizer_lib.Tokenizer(base64.b64decode(item['model']))
 
 
 def abstract_with_shardings(abstract_tree, shardings):

@@ -5,6 +5,7 @@ shardings and donated state; logging, evaluation and checkpointing stay on the h
 """
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 from typing import Any
@@ -164,7 +165,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.close()
     return {'complete': True, 'step': latest}
 
-  prepared = _prepare_data(config.data, workdir)
+  # A resumed run keeps encoding with the tokenizer its checkpoint was trained with.
+  tokenizer = None if latest is None else checkpoint_lib.load_tokenizer(ckpt, latest)
+  prepared = _prepare_data(config.data, workdir, tokenizer)
   log.info('token store: %s tokens', prepared.manifest['tokens'])
   model_cfg = model_lib.ModelConfig.from_config(config.model, prepared.tokenizer.vocab_size)
   s = setup(config, model_cfg, mesh)
@@ -191,15 +194,49 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return {**result, 'step': step, 'params': model_lib.param_count(model_cfg)}
 
 
-def _prepare_data(data_cfg, workdir):
+def evaluate_checkpoint(config, workdir: str, step: int | None = None,
+                        devices=None) -> dict:
+  """Restores a checkpoint of the run in workdir onto this machine's mesh and evaluates it.
+
+  The mesh comes from config.mesh over the devices present now, so a run trained on 8
+  devices evaluates on 1 and the other way round: Orbax reshards while restoring. The
+  data are the config's validation split, tokenized with the checkpoint's own tokenizer.
+  """
+  mesh = sharding.make_mesh(config.mesh, devices)
+  check_config(config, mesh)
+  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  if step is None or step not in ckpt.manager.all_steps():
+    raise UserError(f'no checkpoint {"" if step is None else f"at step {step} "}in {workdir}; '
+                    f'saved steps: {ckpt.manager.all_steps() or "none"}')
+  tokenizer = checkpoint_lib.load_tokenizer(ckpt, step)
+  prepared = _prepare_data(config.data, workdir, tokenizer, for_eval=True)
+  model_cfg = model_lib.ModelConfig.from_config(config.model, tokenizer.vocab_size)
+  s = setup(config, model_cfg, mesh)
+  state = ckpt.restore(step, s.abstract_state)
+  ckpt.close()
+  # The training run's metrics.jsonl stays the training run's: nothing is appended to it.
+  run_eval = _evaluator(config, s, prepared, metrics_lib.Writer(workdir, enabled=False))
+  result = {**run_eval(state.params, step), 'step': step, 'devices': mesh.size,
+            'mesh': dict(mesh.shape)}
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, f'eval-step{step}.json')
+    with open(path, 'w') as f:
+      json.dump(result, f, indent=2)
+    log.info('wrote %s', path)
+  return result
+
+
+def _prepare_data(data_cfg, workdir, tokenizer=None, for_eval=False):
   """Process 0 builds the token store first; the others then reuse it (shared filesystem)
   or build the same one (local disks): never two writers of one file at once."""
+  prepare = lambda: pipeline.prepare(data_cfg, workdir, tokenizer, for_eval)
   if jax.process_count() == 1:
-    return pipeline.prepare(data_cfg, workdir)
+    return prepare()
   from jax.experimental import multihost_utils
-  prepared = pipeline.prepare(data_cfg, workdir) if jax.process_index() == 0 else None
+  prepared = prepare() if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices('jaxgpt: token store prepared')
-  return prepared or pipeline.prepare(data_cfg, workdir)
+  return prepared or prepare()
 
 
 def _evaluator(config, s: Setup, prepared, writer):

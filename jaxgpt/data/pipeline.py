@@ -53,15 +53,35 @@ def _read_documents(cfg, validation=False):
   return docs, stats
 
 
-def _fingerprint(cfg, train_docs, val_docs) -> str:
+def _data_fingerprint(cfg, train_docs, val_docs) -> str:
+  """What the cleaned documents are: the cleaning config and every document's hash."""
   h = hashlib.sha256()
-  h.update(json.dumps({'version': MANIFEST_VERSION, 'clean': cfg.clean.to_dict(),
-                       'tokenizer': cfg.tokenizer.to_dict()}, sort_keys=True).encode())
+  h.update(json.dumps({'version': MANIFEST_VERSION, 'clean': cfg.clean.to_dict()},
+                      sort_keys=True).encode())
   for tag, docs in (('train', train_docs), ('val', val_docs)):
     h.update(tag.encode())
     for doc in docs:
       h.update(clean_lib.content_hash(doc.text).encode())
   return h.hexdigest()
+
+
+def _fingerprint(data_fingerprint: str, tokenizer_cfg) -> str:
+  tokenizer = json.dumps(tokenizer_cfg.to_dict(), sort_keys=True)
+  return hashlib.sha256((data_fingerprint + tokenizer).encode()).hexdigest()
+
+
+def _reusable(manifest_path, fingerprint, data_fingerprint, tokenizer) -> dict | None:
+  """The existing manifest, if its store is what this call would build."""
+  if not os.path.exists(manifest_path):
+    return None
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  if tokenizer is None and manifest.get('fingerprint') == fingerprint:
+    return manifest
+  if (tokenizer is not None and manifest.get('data_fingerprint') == data_fingerprint
+      and manifest['tokenizer']['sha256'] == tokenizer.sha256):
+    return manifest
+  return None
 
 
 def _write_tokens(path, tokenizer, docs) -> int:
@@ -96,27 +116,38 @@ def clean_and_split(cfg):
   return train_docs, val_docs, counts
 
 
-def prepare(cfg, workdir: str) -> Prepared:
-  """Builds (or reuses) the token store for config.data `cfg`."""
-  directory = cfg.cache_dir or os.path.join(workdir, 'data')
-  os.makedirs(directory, exist_ok=True)
+def prepare(cfg, workdir: str, tokenizer: tokenizer_lib.Tokenizer | None = None,
+            for_eval: bool = False) -> Prepared:
+  """Builds (or reuses) the token store for config.data `cfg` in WORKDIR/data.
+
+  With `tokenizer` (a checkpoint's own), the documents are encoded with it rather than a
+  newly trained one. `for_eval` never writes the training store: a store that does not
+  match goes to WORKDIR/eval_data instead.
+  """
+  directories = [cfg.cache_dir or os.path.join(workdir, 'data')]
+  if for_eval:
+    directories.append(os.path.join(workdir, 'eval_data'))
   start = time.time()
   train_docs, val_docs, counts = clean_and_split(cfg)
   log.info('cleaning (documents removed by each filter): %s', counts)
   log.info('split: %d training and %d validation documents', len(train_docs), len(val_docs))
-  fingerprint = _fingerprint(cfg, train_docs, val_docs)
-  manifest_path = os.path.join(directory, 'manifest.json')
-  if os.path.exists(manifest_path):
-    with open(manifest_path) as f:
-      manifest = json.load(f)
-    if manifest.get('fingerprint') == fingerprint:
+  data_fingerprint = _data_fingerprint(cfg, train_docs, val_docs)
+  fingerprint = _fingerprint(data_fingerprint, cfg.tokenizer)
+  for directory in directories:
+    manifest = _reusable(os.path.join(directory, 'manifest.json'), fingerprint,
+                         data_fingerprint, tokenizer)
+    if manifest is not None:
       log.info('reusing the token store in %s', directory)
-      return Prepared(directory, tokenizer_lib.Tokenizer.load(
+      return Prepared(directory, tokenizer or tokenizer_lib.Tokenizer.load(
           os.path.join(directory, 'tokenizer.model')), manifest)
-  tokenizer = tokenizer_lib.train_or_load([d.text for d in train_docs], cfg.tokenizer)
+  directory = directories[-1]
+  os.makedirs(directory, exist_ok=True)
+  tokenizer = tokenizer or tokenizer_lib.train_or_load([d.text for d in train_docs],
+                                                       cfg.tokenizer)
   tokenizer.save(os.path.join(directory, 'tokenizer.model'))
   manifest = {
       'fingerprint': fingerprint,
+      'data_fingerprint': data_fingerprint,
       'source': {'source': cfg.source, 'paths': list(cfg.paths), 'val_paths': list(cfg.val_paths),
                  'tfds_name': cfg.tfds_name},
       'filters': cfg.clean.to_dict(),
@@ -128,6 +159,7 @@ def prepare(cfg, workdir: str) -> Prepared:
                  for split, docs in (('train', train_docs), ('val', val_docs))},
       'seconds': round(time.time() - start, 2),
   }
+  manifest_path = os.path.join(directory, 'manifest.json')
   tmp = manifest_path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(manifest, f, indent=2)
