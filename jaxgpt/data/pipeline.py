@@ -142,6 +142,9 @@ def prepare(cfg, workdir: str, tokenizer: tokenizer_lib.Tokenizer | None = None,
           os.path.join(directory, 'tokenizer.model')), manifest)
   directory = directories[-1]
   os.makedirs(directory, exist_ok=True)
+  manifest_path = os.path.join(directory, 'manifest.json')
+  if os.path.exists(manifest_path):  # a rebuild killed midway must not look like the old store
+    os.remove(manifest_path)
   tokenizer = tokenizer or tokenizer_lib.train_or_load([d.text for d in train_docs],
                                                        cfg.tokenizer)
   tokenizer.save(os.path.join(directory, 'tokenizer.model'))
@@ -159,7 +162,6 @@ def prepare(cfg, workdir: str, tokenizer: tokenizer_lib.Tokenizer | None = None,
                  for split, docs in (('train', train_docs), ('val', val_docs))},
       'seconds': round(time.time() - start, 2),
   }
-  manifest_path = os.path.join(directory, 'manifest.json')
   tmp = manifest_path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(manifest, f, indent=2)
