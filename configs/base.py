@@ -94,6 +94,12 @@ def train_config() -> ml_collections.ConfigDict:
   t.async_checkpoints = True
   t.seed = 0
   t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0: measure a matmul at start-up
+  # A non-finite loss or gradient: False stops the run (the last good checkpoint stays the
+  # latest); True skips that update, keeps the params, and counts it.
+  t.skip_nonfinite = False
+  # Resuming a run whose saved config differs (beyond the fields in RESUMABLE_CHANGES of
+  # jaxgpt/train.py) is refused unless this is True.
+  t.allow_config_change = False
   return t
 
 

@@ -8,11 +8,13 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -101,7 +103,7 @@ def loss_sums(model, params, batch, rng, deterministic):
   return (nll_BxL * batch['weights']).sum(), batch['weights'].sum()
 
 
-def make_train_step(model, tx, lr, micro_batches: int, seed: int):
+def make_train_step(model, tx, lr, micro_batches: int, seed: int, skip_nonfinite=False):
   """The pure step; gradients of micro-batches are summed in a scan, then applied once."""
 
   def grads_of(params, batch, rng):
@@ -126,17 +128,24 @@ def make_train_step(model, tx, lr, micro_batches: int, seed: int):
           body, zeros, (jax.tree.map(split, batch), jnp.arange(micro_batches)))
     tokens = jnp.maximum(tokens, 1.0)
     grads = jax.tree.map(lambda g: g / tokens, grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, opt_state=opt_state,
-                              params=optax.apply_updates(state.params, updates))
-    metrics = {'loss': nll / tokens, 'grad_norm': optax.tree.norm(grads), 'lr': lr(state.step)}
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(nll) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:  # keep the old params and moments; the step still counts
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    new_state = state.replace(step=state.step + 1, opt_state=opt_state, params=params)
+    metrics = {'loss': nll / tokens, 'grad_norm': grad_norm, 'lr': lr(state.step),
+               'finite': finite}
     return new_state, metrics
 
   return train_step
 
 
 def jit_train_step(s: Setup, config):
-  step = make_train_step(s.model, s.tx, s.lr, config.train.micro_batches, config.train.seed)
+  step = make_train_step(s.model, s.tx, s.lr, config.train.micro_batches, config.train.seed,
+                         config.train.skip_nonfinite)
   # Metrics come back replicated, so every process can read them without a gather.
   return jax.jit(step, in_shardings=(s.state_shardings, sharding.batch_sharding(s.mesh)),
                  out_shardings=(s.state_shardings, NamedSharding(s.mesh, P())),
@@ -176,6 +185,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if latest is None:
     state = s.init_state(tc.seed)
   else:
+    _check_resumable(config, ckpt.restore_json(latest, 'config'), workdir)
     log.info('resuming from step %d', latest)
     state = ckpt.restore(latest, s.abstract_state, data_iter)
   log.info('model: %s params, %s', f'{model_lib.param_count(model_cfg):,}', model_cfg)
@@ -183,15 +193,50 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0)
   run_eval = _evaluator(config, s, prepared, writer)
   save = lambda step, st: ckpt.save(step, st, data_iter, config, prepared.tokenizer)
-  state, result = _train_loop(config, s, state, data_iter, writer, run_eval, save)
-  ckpt.wait()
-  ckpt.close()
-  step = int(state.step)
-  result = result or run_eval(state.params, step)
+  try:
+    state, result, stopped = _train_loop(config, s, state, data_iter, writer, run_eval, save)
+    step = int(state.step)
+    if stopped:
+      return {'stopped': True, 'step': step}
+    result = result or run_eval(state.params, step)
+  finally:  # whatever ended the loop, the saves in flight complete
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
   if step >= tc.steps:
-    _finish(config, workdir, s, state, prepared, writer)
-  writer.close()
+    _finish(config, workdir, s, state, prepared)
   return {**result, 'step': step, 'params': model_lib.param_count(model_cfg)}
+
+
+# Fields a resumed run may change: how it reports and saves, and where it runs.
+RESUMABLE_CHANGES = ('train.run_steps', 'train.log_every', 'train.eval_every',
+                     'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints',
+                     'train.async_checkpoints', 'train.peak_flops', 'train.skip_nonfinite',
+                     'train.allow_config_change', 'data.cache_dir', 'data.skip_bad_files',
+                     'eval.', 'mesh.')
+
+
+def _flatten(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = list(value) if isinstance(value, (list, tuple)) else value
+  return out
+
+
+def _check_resumable(config, saved: dict, workdir: str):
+  """Refuses to continue a run under a config that would make it a different run."""
+  now = _flatten(json.loads(config.to_json()))
+  before = _flatten(saved)
+  differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k)
+                  and not k.startswith(RESUMABLE_CHANGES))
+  if differ and not config.train.allow_config_change:
+    changes = '; '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in differ)
+    raise UserError(f'{workdir} holds a run with a different config ({changes}). Use another '
+                    '--workdir, or pass --config.train.allow_config_change=True to resume '
+                    'it under the new config')
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None,
@@ -261,47 +306,101 @@ def _evaluator(config, s: Setup, prepared, writer):
   return run_eval
 
 
+class _StopRequest:
+  """SIGTERM/SIGINT while training: finish the step, save, and return cleanly."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, _frame):
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *_):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def requested(self) -> bool:
+    """Whether any process was asked to stop (all processes must stop at the same step)."""
+    if jax.process_count() == 1:
+      return self.signal is not None
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.int32(self.signal is not None))
+    return bool(np.asarray(flags).any())
+
+
+def _check_finite(first_bad, last_saved):
+  bad = int(first_bad)
+  if bad >= 0:
+    raise UserError(f'the loss or gradient became non-finite at step {bad}; stopped without '
+                    f'saving it, so the latest checkpoint is the last good one (step '
+                    f'{last_saved}). Lower optim.lr, raise optim.warmup_steps or set '
+                    '--config.train.skip_nonfinite=True to skip such updates')
+
+
 def _train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
   """Steps from state.step to train.steps (or run_steps more); logs, evaluates, saves."""
   tc, model_cfg = config.train, s.model.cfg
   tokens_per_step = tc.batch_size * model_cfg.seq_len
   peak = tc.peak_flops or metrics_lib.measure_peak_flops()
-  step = int(state.step)
+  step = last_saved = int(state.step)
   progress = metrics_lib.Progress(step, tc.steps, tokens_per_step,
                                   metrics_lib.flops_per_token(model_cfg) * tokens_per_step,
                                   peak * s.mesh.size)
   end = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
   result, loss_sum, first_step = None, None, step + 1
-  with s.context():
+  # Kept on device and read only at log/eval/save steps: no host sync per step.
+  first_bad, skipped = jnp.int32(-1), jnp.int32(0)
+  with s.context(), _StopRequest() as stop:
     train_step = jit_train_step(s, config)
     while step < end:
       state, step_metrics = train_step(state, sharding.global_batch(next(data_iter), s.mesh))
       step += 1
+      bad = ~step_metrics.pop('finite')
+      first_bad = jnp.where((first_bad < 0) & bad, step, first_bad)
+      skipped = skipped + bad
       # Summed on device, so logging the window's mean loss costs no host sync per step.
       loss_sum = step_metrics['loss'] if loss_sum is None else loss_sum + step_metrics['loss']
       if step == first_step:  # leave compilation out of the throughput figures
         jax.block_until_ready(step_metrics)
         progress.restart(step)
-      if step % tc.log_every == 0 or step == end:
+      stopping = stop.requested()
+      if step % tc.log_every == 0 or step == end or stopping:
         mean_loss = loss_sum / (step - progress.window_start)
         values = progress.report(step, jax.device_get({**step_metrics, 'loss': mean_loss}))
         loss_sum = None
+        if tc.skip_nonfinite:
+          values['skipped'] = int(skipped)
         writer.write(step, 'train', values)
         log.info(metrics_lib.log_line(step, tc.steps, values))
+      if not tc.skip_nonfinite and (step % tc.eval_every == 0 or step % tc.checkpoint_every == 0
+                                    or step == end or stopping):
+        _check_finite(first_bad, last_saved)
       if step % tc.eval_every == 0 or step == tc.steps:
         result = run_eval(state.params, step)
         progress.restart(step)
-      if step % tc.checkpoint_every == 0 or step == end:
+      if step % tc.checkpoint_every == 0 or step == end or stopping:
         save(step, state)
+        last_saved = step
         progress.restart(step)
-  return state, result
+      if stopping:
+        log.warning('%s received: saved step %d and stopped; run the same command to resume',
+                    stop.signal or 'stop request', step)
+        return state, result, True
+  return state, result, False
 
 
-def _finish(config, workdir, s, state, prepared, writer):
+def _finish(config, workdir, s, state, prepared):
   """The end-of-run records: loss plot and samples."""
   ec = config.eval
   if jax.process_index() == 0:
-    metrics_lib.plot_losses(writer.path, os.path.join(workdir, 'loss.png'))
+    metrics_lib.plot_losses(os.path.join(workdir, 'metrics.jsonl'),
+                            os.path.join(workdir, 'loss.png'))
   prompts = [ec.prompt] * ec.num_samples
   texts = generate_lib.sample(s.model, state.params, prepared.tokenizer, prompts,
                               ec.sample_tokens, ec.temperature, ec.top_k, config.train.seed)

@@ -1,0 +1,131 @@
+"""Runs that survive faults: signals, non-finite losses, and resuming under another config."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgpt import checkpoint
+from jaxgpt import train
+from jaxgpt.errors import UserError
+from tests.helpers import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _exploding(corpus_dir, **train_overrides):
+  c = tiny_config(corpus_dir, steps=8, checkpoint_every=1, **train_overrides)
+  c.optim.lr, c.optim.warmup_steps, c.optim.grad_clip = 1e30, 0, 0.0
+  return c
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return {r['step']: r['loss'] for r in map(json.loads, f) if r['kind'] == 'train'}
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(corpus_dir, tmp_path):
+  with pytest.raises(UserError, match=r'non-finite at step (\d+); .* \(step (\d+)\)') as err:
+    train.train_and_evaluate(_exploding(corpus_dir), str(tmp_path))
+  bad, kept = map(int, re.search(r'at step (\d+);.*\(step (\d+)\)', str(err.value)).groups())
+  assert kept == bad - 1
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  assert ckpt.latest_step() == kept
+  params = ckpt.restore(kept, None)['params']
+  ckpt.close()
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_non_finite_updates_can_be_skipped_and_counted(corpus_dir, tmp_path):
+  result = train.train_and_evaluate(_exploding(corpus_dir, skip_nonfinite=True), str(tmp_path))
+  assert result['step'] == 8
+  with open(tmp_path / 'metrics.jsonl') as f:
+    last = [r for r in map(json.loads, f) if r['kind'] == 'train'][-1]
+  assert last['skipped'] >= 1
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  params = ckpt.restore(8, None)['params']
+  ckpt.close()
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_resuming_under_another_config_is_refused(corpus_dir, tmp_path):
+  train.train_and_evaluate(tiny_config(corpus_dir, steps=4, run_steps=2), str(tmp_path))
+  changed = tiny_config(corpus_dir, steps=4)
+  changed.optim.lr, changed.model.dropout = 5e-3, 0.1
+  with pytest.raises(UserError) as err:
+    train.train_and_evaluate(changed, str(tmp_path))
+  assert 'holds a run with a different config (model.dropout: 0.0 -> 0.1; optim.lr: 0.002 ' \
+         "-> 0.005)" in str(err.value)
+  assert '--config.train.allow_config_change=True' in str(err.value)
+  changed.train.allow_config_change = True
+  assert train.train_and_evaluate(changed, str(tmp_path))['step'] == 4
+
+
+def _run(corpus_dir, workdir, *flags):
+  return [sys.executable, 'run.py', f'--config=tests/tiny_experiment.py:{corpus_dir}',
+          f'--workdir={workdir}', '--config.train.steps=400', '--config.train.log_every=1',
+          '--config.train.checkpoint_every=1000', *flags]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_and_exits_cleanly_then_resumes_exactly(corpus_dir, tmp_path, sig):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '1'}
+  proc = subprocess.Popen(_run(corpus_dir, tmp_path / 'stopped'), cwd=ROOT, env=env,
+                          stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:  # wait until training is under way
+    lines.append(line)
+    if 'step      5/400' in line:
+      break
+  proc.send_signal(sig)
+  lines += proc.stderr.readlines()
+  assert proc.wait(timeout=120) == 0, ''.join(lines)[-3000:]
+  message = next(line for line in lines if 'received: saved step' in line)
+  assert signal.Signals(sig).name in message
+  stopped_at = int(message.split('saved step ')[1].split()[0])
+  assert os.path.isdir(tmp_path / 'stopped' / 'checkpoints' / str(stopped_at))
+
+  subprocess.run(_run(corpus_dir, tmp_path / 'stopped', '--config.train.run_steps=2'), cwd=ROOT,
+                 env=env, check=True, capture_output=True, timeout=300)
+  subprocess.run(_run(corpus_dir, tmp_path / 'straight',
+                      f'--config.train.run_steps={stopped_at + 2}'),
+                 cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+  resumed, straight = _losses(tmp_path / 'stopped'), _losses(tmp_path / 'straight')
+  assert max(resumed) == stopped_at + 2
+  assert [resumed[k] for k in sorted(resumed)] == [straight[k] for k in sorted(straight)]
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_resumes_from_a_complete_checkpoint(corpus_dir, tmp_path):
+  """Killed hard at several points (every step starts an asynchronous save, so a kill is
+  likely to land during one): each restart resumes from the last complete checkpoint, and
+  the finished run's losses equal an uninterrupted run's."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '1'}
+  flags = ['--config.train.steps=24', '--config.train.checkpoint_every=1']
+  workdir = tmp_path / 'killed'
+  for kill_after in (3, 7, 12):  # training-progress lines seen before the kill
+    proc = subprocess.Popen(_run(corpus_dir, workdir, *flags), cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    seen = 0
+    for line in proc.stderr:
+      seen += ' | loss ' in line
+      if seen >= kill_after:
+        break
+    proc.kill()
+    proc.wait(timeout=60)
+  done = subprocess.run(_run(corpus_dir, workdir, *flags), cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  subprocess.run(_run(corpus_dir, tmp_path / 'straight', *flags), cwd=ROOT, env=env, check=True,
+                 capture_output=True, timeout=300)
+  killed, straight = _losses(workdir), _losses(tmp_path / 'straight')
+  assert sorted(killed) == list(range(1, 25))
+  # metrics.jsonl may repeat steps that ran again after a kill; the last record of each
+  # step must equal the uninterrupted run's.
+  assert [killed[k] for k in range(1, 25)] == [straight[k] for k in range(1, 25)]
