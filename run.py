@@ -58,19 +58,19 @@ def main(argv):
     # Must happen before jax starts its CPU backend.
     jax.config.update('jax_num_cpu_devices', int(FLAGS.topology[4:]))
   from jaxgpt import sharding, train
+  if FLAGS.mode in ('train', 'eval'):
+    sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
+                                          FLAGS.process_id)
+    if jax.process_index() != 0:  # one process speaks for the run
+      logging.getLogger('jaxgpt').setLevel(logging.WARNING)
   try:
     if FLAGS.mode == 'train':
-      sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
-                                            FLAGS.process_id)
-      if jax.process_index() != 0:  # one process speaks for the run
-        logging.getLogger('jaxgpt').setLevel(logging.WARNING)
       result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
       logging.getLogger('jaxgpt').info('result: %s', result)
     elif FLAGS.mode == 'eval':
-      sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
-                                            FLAGS.process_id)
       result = train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
-      print(json.dumps(result, indent=2))
+      if jax.process_index() == 0:
+        print(json.dumps(result, indent=2))
     elif FLAGS.mode == 'plan':
       _plan()
   except UserError as e:

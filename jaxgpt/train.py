@@ -8,19 +8,18 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxgpt import checkpoint as checkpoint_lib
 from jaxgpt import evaluate as evaluate_lib
+from jaxgpt import faults
 from jaxgpt import generate as generate_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
@@ -37,6 +36,11 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+
+
+def _init_params(model, rng):
+  """Boxed (logically named) params of `model`, from a dummy batch of one sequence."""
+  return model.init(rng, jnp.zeros((1, model.cfg.seq_len), jnp.int32))['params']
 
 
 def _strip_boxes(tree):
@@ -59,8 +63,7 @@ class Setup:
 
   def init_state(self, seed: int) -> TrainState:
     def init(rng):
-      params = self.model.init(rng, jnp.zeros((1, self.model.cfg.seq_len), jnp.int32))['params']
-      params = _strip_boxes(params)
+      params = _strip_boxes(_init_params(self.model, rng))
       return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
     with self.context():
       return jax.jit(init, out_shardings=self.state_shardings)(jax.random.key(seed))
@@ -79,8 +82,7 @@ def setup(config, model_cfg: model_lib.ModelConfig, mesh) -> Setup:
   rules = sharding.rules(config.mesh)
   rng = jax.eval_shape(jax.random.key, 0)  # abstract: the mesh may be a remote topology's
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, model_cfg.seq_len), jnp.int32)),
-                           rng)['params']
+    boxed = jax.eval_shape(lambda r: _init_params(model, r), rng)
   param_sh = sharding.logical_shardings(boxed, mesh, config.mesh)
   params = _strip_boxes(boxed)
   sharding.check_divisible(params, param_sh)
@@ -185,7 +187,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if latest is None:
     state = s.init_state(tc.seed)
   else:
-    _check_resumable(config, ckpt.restore_json(latest, 'config'), workdir)
+    faults.check_resumable(config, ckpt.restore_json(latest, 'config'), workdir)
     log.info('resuming from step %d', latest)
     state = ckpt.restore(latest, s.abstract_state, data_iter)
   log.info('model: %s params, %s', f'{model_lib.param_count(model_cfg):,}', model_cfg)
@@ -206,37 +208,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if step >= tc.steps:
     _finish(config, workdir, s, state, prepared)
   return {**result, 'step': step, 'params': model_lib.param_count(model_cfg)}
-
-
-# Fields a resumed run may change: how it reports and saves, and where it runs.
-RESUMABLE_CHANGES = ('train.run_steps', 'train.log_every', 'train.eval_every',
-                     'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints',
-                     'train.async_checkpoints', 'train.peak_flops', 'train.skip_nonfinite',
-                     'train.allow_config_change', 'data.cache_dir', 'data.skip_bad_files',
-                     'eval.', 'mesh.')
-
-
-def _flatten(tree, prefix=''):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = list(value) if isinstance(value, (list, tuple)) else value
-  return out
-
-
-def _check_resumable(config, saved: dict, workdir: str):
-  """Refuses to continue a run under a config that would make it a different run."""
-  now = _flatten(json.loads(config.to_json()))
-  before = _flatten(saved)
-  differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k)
-                  and not k.startswith(RESUMABLE_CHANGES))
-  if differ and not config.train.allow_config_change:
-    changes = '; '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in differ)
-    raise UserError(f'{workdir} holds a run with a different config ({changes}). Use another '
-                    '--workdir, or pass --config.train.allow_config_change=True to resume '
-                    'it under the new config')
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None,
@@ -306,43 +277,6 @@ def _evaluator(config, s: Setup, prepared, writer):
   return run_eval
 
 
-class _StopRequest:
-  """SIGTERM/SIGINT while training: finish the step, save, and return cleanly."""
-
-  def __init__(self):
-    self.signal = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, _frame):
-    self.signal = signal.Signals(signum).name
-
-  def __exit__(self, *_):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  def requested(self) -> bool:
-    """Whether any process was asked to stop (all processes must stop at the same step)."""
-    if jax.process_count() == 1:
-      return self.signal is not None
-    from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.int32(self.signal is not None))
-    return bool(np.asarray(flags).any())
-
-
-def _check_finite(first_bad, last_saved):
-  bad = int(first_bad)
-  if bad >= 0:
-    raise UserError(f'the loss or gradient became non-finite at step {bad}; stopped without '
-                    f'saving it, so the latest checkpoint is the last good one (step '
-                    f'{last_saved}). Lower optim.lr, raise optim.warmup_steps or set '
-                    '--config.train.skip_nonfinite=True to skip such updates')
-
-
 def _train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
   """Steps from state.step to train.steps (or run_steps more); logs, evaluates, saves."""
   tc, model_cfg = config.train, s.model.cfg
@@ -356,7 +290,7 @@ def _train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
   result, loss_sum, first_step = None, None, step + 1
   # Kept on device and read only at log/eval/save steps: no host sync per step.
   first_bad, skipped = jnp.int32(-1), jnp.int32(0)
-  with s.context(), _StopRequest() as stop:
+  with s.context(), faults.StopRequest() as stop:
     train_step = jit_train_step(s, config)
     while step < end:
       state, step_metrics = train_step(state, sharding.global_batch(next(data_iter), s.mesh))
@@ -380,7 +314,7 @@ def _train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
         log.info(metrics_lib.log_line(step, tc.steps, values))
       if not tc.skip_nonfinite and (step % tc.eval_every == 0 or step % tc.checkpoint_every == 0
                                     or step == end or stopping):
-        _check_finite(first_bad, last_saved)
+        faults.check_finite(first_bad, last_saved)
       if step % tc.eval_every == 0 or step == tc.steps:
         result = run_eval(state.params, step)
         progress.restart(step)
