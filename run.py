@@ -31,11 +31,19 @@ def _exit_on_unknown_key(parse):
 _exit_on_unknown_key(lambda: config_flags.DEFINE_config_file(
     'config', 'experiments/default.py', 'Experiment config file[:arg].', lock_config=True))
 flags.DEFINE_string('workdir', None, 'Run directory: data, checkpoints, metrics, samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'plan'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'plan'],
                   'train: train (or resume) and evaluate. eval: evaluate a checkpoint of the '
-                  'run in --workdir on this machine\'s devices. plan: compile the train step '
-                  'for --topology and report memory, FLOPs and collectives without running it.')
-flags.DEFINE_integer('step', None, 'For --mode=eval: the checkpoint step (default: the latest).')
+                  'run in --workdir on this machine\'s devices (loss and config.eval.tasks). '
+                  'sample: continue prompts with a checkpoint (KV-cache decoding). plan: '
+                  'compile the train step for --topology and report memory, FLOPs and '
+                  'collectives without running it.')
+flags.DEFINE_integer('step', None, 'For --mode=eval/sample: the checkpoint step (default: '
+                     'the latest).')
+flags.DEFINE_multi_string('prompt', [], 'For --mode=sample: a prompt (repeat for several); '
+                          'none: config.eval.prompt. Settings: --config.eval.temperature, '
+                          'top_k, top_p, sample_tokens, seed.')
+flags.DEFINE_string('prompts_file', '', 'For --mode=sample: more prompts, one per line, or '
+                    'JSON strings / {"prompt": ...} per line in a .jsonl file.')
 flags.DEFINE_string('topology', 'cpu:8', 'For --mode=plan: cpu:N (emulated CPU devices) or a '
                     'TPU slice such as v5e-8, v5p-64, v4-32 (needs the libtpu package).')
 flags.DEFINE_float('device_memory_gb', 0.0, 'For --mode=plan: device memory to check against '
@@ -57,8 +65,8 @@ def main(argv):
   if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:'):
     # Must happen before jax starts its CPU backend.
     jax.config.update('jax_num_cpu_devices', int(FLAGS.topology[4:]))
-  from jaxgpt import sharding, train
-  if FLAGS.mode in ('train', 'eval'):
+  from jaxgpt import inference, sharding, train
+  if FLAGS.mode in ('train', 'eval', 'sample'):
     sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
                                           FLAGS.process_id)
     if jax.process_index() != 0:  # one process speaks for the run
@@ -68,9 +76,17 @@ def main(argv):
       result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
       logging.getLogger('jaxgpt').info('result: %s', result)
     elif FLAGS.mode == 'eval':
-      result = train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
+      result = inference.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
       if jax.process_index() == 0:
         print(json.dumps(result, indent=2))
+    elif FLAGS.mode == 'sample':
+      prompts = inference.read_prompts(FLAGS.prompt, FLAGS.prompts_file)
+      records = inference.sample_checkpoint(FLAGS.config, FLAGS.workdir, prompts, FLAGS.step)
+      if jax.process_index() == 0:
+        for i, r in enumerate(records):
+          end = ' [end of document]' if r['stopped_at_eod'] else ''
+          print(f'--- sample {i} ({r["new_tokens"]} new tokens{end}) ---\n'
+                f'{r["prompt"]}{r["completion"]}', flush=True)
     elif FLAGS.mode == 'plan':
       _plan()
   except UserError as e:

@@ -110,6 +110,11 @@ def eval_config() -> ml_collections.ConfigDict:
   e.sample_tokens = 96  # new tokens per sample
   e.temperature = 0.8
   e.top_k = 40  # 0: no top-k filtering
+  e.top_p = 1.0  # nucleus sampling: keep the most likely tokens up to this mass (1.0: off)
+  e.seed = 0  # the samples are a function of the checkpoint, prompts, settings and this
+  # JSONL tasks that --mode=eval scores beside the loss (see jaxgpt/tasks.py for the layouts):
+  # multiple choice (context, choices, label) or last-word cloze (text).
+  e.tasks = ()
   return e
 
 

@@ -2,7 +2,7 @@
 
 Shape legend for tensor names and einsum strings:
   B batch, L length (query positions), S key positions, D model width, H heads,
-  K head dim, F MLP width, V vocabulary, N layers.
+  K head dim, F MLP width, V vocabulary, N layers, T new tokens in a cached call.
 
 Every parameter and the key activations carry logical axis names (batch, length, embed,
 heads, head_dim, mlp, vocab, layers); only the config's rules (configs/mesh.py) say which
@@ -159,12 +159,45 @@ def causal_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, block: int, dropout_fn):
   return out_BxHxLxK.transpose(0, 2, 1, 3)
 
 
+def cached_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, cache, lengths_B):
+  """Attention of T new tokens per row over a key/value cache, which it updates.
+
+  `cache` is (k_BxHxSxK, v_BxHxSxK); row b holds lengths_B[b] valid positions and its new
+  tokens take the next T. Each row writes at its own offset, so prompts of different
+  lengths share one batch; positions past a row's end are masked out, and whatever a
+  padded prefill wrote there is overwritten as the row grows. The cost of a call is that
+  of attending to all S slots, whatever the lengths: flat per generated token.
+  """
+  k_cache_BxHxSxK, v_cache_BxHxSxK = cache
+  write = jax.vmap(lambda c_HxSxK, x_HxTxK, i: jax.lax.dynamic_update_slice(c_HxSxK, x_HxTxK,
+                                                                          (0, i, 0)))
+  k_cache_BxHxSxK = write(k_cache_BxHxSxK, k_BxTxHxK.transpose(0, 2, 1, 3).astype(
+      k_cache_BxHxSxK.dtype), lengths_B)
+  v_cache_BxHxSxK = write(v_cache_BxHxSxK, v_BxTxHxK.transpose(0, 2, 1, 3).astype(
+      v_cache_BxHxSxK.dtype), lengths_B)
+  q_BxHxTxK = q_BxTxHxK.transpose(0, 2, 1, 3)
+  scale = 1.0 / math.sqrt(q_BxHxTxK.shape[-1])
+  logits_BxHxTxS = jnp.einsum('bhtk,bhsk->bhts', q_BxHxTxK, k_cache_BxHxSxK,
+                              preferred_element_type=jnp.float32) * scale
+  q_pos_Bx1xTx1 = (lengths_B[:, None] + jnp.arange(q_BxHxTxK.shape[2]))[:, None, :, None]
+  k_pos_S = jnp.arange(k_cache_BxHxSxK.shape[2])
+  logits_BxHxTxS = jnp.where(k_pos_S <= q_pos_Bx1xTx1, logits_BxHxTxS, -1e30)
+  # The same float32 softmax, normalised after the product with v, as causal_attention.
+  max_BxHxTx1 = logits_BxHxTxS.max(axis=-1, keepdims=True)
+  weights_BxHxTxS = jnp.exp(logits_BxHxTxS - max_BxHxTx1)
+  total_BxHxTx1 = weights_BxHxTxS.sum(axis=-1, keepdims=True)
+  out_BxHxTxK = jnp.einsum('bhts,bhsk->bhtk', weights_BxHxTxS.astype(v_cache_BxHxSxK.dtype),
+                           v_cache_BxHxSxK, preferred_element_type=jnp.float32)
+  out_BxHxTxK = (out_BxHxTxK / total_BxHxTx1).astype(v_cache_BxHxSxK.dtype)
+  return out_BxHxTxK.transpose(0, 2, 1, 3), (k_cache_BxHxSxK, v_cache_BxHxSxK)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BxLxD):
+  def __call__(self, x_BxLxD, cache=None, lengths_B=None):
     cfg = self.cfg
     h, k = cfg.num_heads, cfg.head_dim
     # One matmul for query, key and value: a third as many calls, each three times wider,
@@ -177,12 +210,17 @@ class Attention(nn.Module):
     q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, names)
     k_BxLxHxK = nn.with_logical_constraint(k_BxLxHxK, names)
     v_BxLxHxK = nn.with_logical_constraint(v_BxLxHxK, names)
-    dropout = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-    out_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention_block, dropout)
+    if cache is None:
+      dropout = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+      out_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention_block,
+                                     dropout)
+    else:
+      out_BxLxHxK, cache = cached_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cache, lengths_B)
     out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, names)
     # GPT-2 scales the init of projections into the residual stream by 1/sqrt(2N).
-    return Dense((cfg.d_model,), ('heads', 'head_dim', 'embed'), cfg, in_dims=2,
-                 init_scale=1 / math.sqrt(2 * cfg.num_layers), name='out')(out_BxLxHxK)
+    out_BxLxD = Dense((cfg.d_model,), ('heads', 'head_dim', 'embed'), cfg, in_dims=2,
+                      init_scale=1 / math.sqrt(2 * cfg.num_layers), name='out')(out_BxLxHxK)
+    return out_BxLxD, cache
 
 
 class Mlp(nn.Module):
@@ -198,19 +236,24 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm transformer block; returns (x, None) so nn.scan can carry it."""
+  """Pre-LayerNorm transformer block: (x, layer cache or None, lengths) -> (x, layer cache).
+
+  The residual stream is the carry and the layer's cache the scanned input and output, so
+  nn.scan runs it unchanged.
+  """
   cfg: ModelConfig
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BxLxD, _=None):
+  def __call__(self, x_BxLxD, cache=None, lengths_B=None):
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-    x_BxLxD = x_BxLxD + drop(Attention(cfg, self.deterministic, name='attn')(
-        layer_norm(cfg, 'ln_attn')(x_BxLxD)))
+    attn_BxLxD, cache = Attention(cfg, self.deterministic, name='attn')(
+        layer_norm(cfg, 'ln_attn')(x_BxLxD), cache, lengths_B)
+    x_BxLxD = x_BxLxD + drop(attn_BxLxD)
     x_BxLxD = x_BxLxD + drop(Mlp(cfg, name='mlp')(layer_norm(cfg, 'ln_mlp')(x_BxLxD)))
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
-    return x_BxLxD, None
+    return x_BxLxD, cache
 
 
 def _block_class(cfg: ModelConfig):
@@ -220,12 +263,23 @@ def _block_class(cfg: ModelConfig):
   return block
 
 
+def init_cache(cfg: ModelConfig, batch: int):
+  """An empty key/value cache for `Transformer(cfg)`: (k, v), each N x B x H x S x K."""
+  shape = (cfg.num_layers, batch, cfg.num_heads, cfg.seq_len, cfg.head_dim)
+  return (jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
+
+
 class Transformer(nn.Module):
-  """tokens_BxL (int) -> logits_BxLxV (float32)."""
+  """tokens_BxL (int) -> logits_BxLxV (float32).
+
+  With `cache` (from init_cache) and `lengths_B`, the call is incremental: row b's tokens
+  take positions lengths_B[b], lengths_B[b] + 1, ..., attend to the cached keys before
+  them, and the call returns (logits, updated cache). The caller advances lengths_B.
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxL, deterministic: bool = True):
+  def __call__(self, tokens_BxL, deterministic: bool = True, cache=None, lengths_B=None):
     cfg = self.cfg
     length = tokens_BxL.shape[1]
     init = nn.initializers.normal(cfg.init_std)
@@ -238,19 +292,30 @@ class Transformer(nn.Module):
     # vocab-sharded table: left to itself, the SPMD partitioner replicates the whole lookup.
     table_VxD = nn.with_logical_constraint(embed_VxD, ('vocab', None))
     pos_LxD = nn.with_logical_constraint(pos_LxD, (None, None))
-    x_BxLxD = (jnp.take(table_VxD, tokens_BxL, axis=0) + pos_LxD[:length]).astype(dtype)
+    if cache is None:
+      pos_LxD = pos_LxD[:length]
+    else:
+      pos_LxD = jnp.take(pos_LxD, lengths_B[:, None] + jnp.arange(length), axis=0)  # B x L x D
+    x_BxLxD = (jnp.take(table_VxD, tokens_BxL, axis=0) + pos_LxD).astype(dtype)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
     x_BxLxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxLxD)
 
     block = _block_class(cfg)
     if cfg.scan_layers:
-      x_BxLxD, _ = nn.scan(
+      x_BxLxD, cache = nn.scan(
           block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-          length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'},
-      )(cfg, deterministic, name='blocks')(x_BxLxD, None)
+          in_axes=(0, nn.broadcast), length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: 'layers'},
+      )(cfg, deterministic, name='blocks')(x_BxLxD, cache, lengths_B)
     else:
+      layer_caches = []
       for i in range(cfg.num_layers):
-        x_BxLxD, _ = block(cfg, deterministic, name=f'block_{i}')(x_BxLxD, None)
+        layer_cache = None if cache is None else (cache[0][i], cache[1][i])
+        x_BxLxD, layer_cache = block(cfg, deterministic, name=f'block_{i}')(
+            x_BxLxD, layer_cache, lengths_B)
+        layer_caches.append(layer_cache)
+      if cache is not None:
+        cache = tuple(jnp.stack([c[j] for c in layer_caches]) for j in range(2))
 
     x_BxLxD = layer_norm(cfg, 'ln_final')(x_BxLxD)
     if cfg.tie_embeddings:
@@ -262,4 +327,5 @@ class Transformer(nn.Module):
       logits_BxLxV = head(x_BxLxD)
     # The loss's softmax runs in float32 whatever the compute dtype.
     logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-    return nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))
+    logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))
+    return logits_BxLxV if cache is None else (logits_BxLxV, cache)

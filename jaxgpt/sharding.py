@@ -72,6 +72,15 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def replicated_like(sharding) -> NamedSharding:
+  """Replicated over the devices that hold an array: where host inputs to a jitted
+  function of that array (sampling, scoring) go."""
+  if isinstance(sharding, NamedSharding):
+    return NamedSharding(sharding.mesh, P())
+  devices = np.array(sorted(sharding.device_set, key=lambda d: d.id))
+  return NamedSharding(Mesh(devices, ('devices',)), P())
+
+
 def logical_shardings(boxed_tree, mesh: Mesh, mesh_cfg):
   """NamedShardings for a tree of nn.Partitioned (abstract) values."""
   specs = nn.get_partition_spec(boxed_tree)

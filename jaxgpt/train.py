@@ -5,7 +5,6 @@ shardings and donated state; logging, evaluation and checkpointing stay on the h
 """
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -178,7 +177,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # A resumed run keeps encoding with the tokenizer its checkpoint was trained with.
   tokenizer = None if latest is None else checkpoint_lib.load_tokenizer(ckpt, latest)
-  prepared = _prepare_data(config.data, workdir, tokenizer)
+  prepared = prepare_data(config.data, workdir, tokenizer)
   log.info('token store: %s tokens', prepared.manifest['tokens'])
   model_cfg = model_lib.ModelConfig.from_config(config.model, prepared.tokenizer.vocab_size)
   s = setup(config, model_cfg, mesh)
@@ -193,7 +192,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log.info('model: %s params, %s', f'{model_lib.param_count(model_cfg):,}', model_cfg)
 
   writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0)
-  run_eval = _evaluator(config, s, prepared, writer)
+  run_eval = make_evaluator(config, s, prepared, writer)
   save = lambda step, st: ckpt.save(step, st, data_iter, config, prepared.tokenizer)
   try:
     state, result, stopped = _train_loop(config, s, state, data_iter, writer, run_eval, save)
@@ -210,40 +209,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return {**result, 'step': step, 'params': model_lib.param_count(model_cfg)}
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None,
-                        devices=None) -> dict:
-  """Restores a checkpoint of the run in workdir onto this machine's mesh and evaluates it.
-
-  The mesh comes from config.mesh over the devices present now, so a run trained on 8
-  devices evaluates on 1 and the other way round: Orbax reshards while restoring. The
-  data are the config's validation split, tokenized with the checkpoint's own tokenizer.
-  """
-  mesh = sharding.make_mesh(config.mesh, devices)
-  check_config(config, mesh)
-  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None or step not in ckpt.manager.all_steps():
-    raise UserError(f'no checkpoint {"" if step is None else f"at step {step} "}in {workdir}; '
-                    f'saved steps: {ckpt.manager.all_steps() or "none"}')
-  tokenizer = checkpoint_lib.load_tokenizer(ckpt, step)
-  prepared = _prepare_data(config.data, workdir, tokenizer, for_eval=True)
-  model_cfg = model_lib.ModelConfig.from_config(config.model, tokenizer.vocab_size)
-  s = setup(config, model_cfg, mesh)
-  state = ckpt.restore(step, s.abstract_state)
-  ckpt.close()
-  # The training run's metrics.jsonl stays the training run's: nothing is appended to it.
-  run_eval = _evaluator(config, s, prepared, metrics_lib.Writer(workdir, enabled=False))
-  result = {**run_eval(state.params, step), 'step': step, 'devices': mesh.size,
-            'mesh': dict(mesh.shape)}
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, f'eval-step{step}.json')
-    with open(path, 'w') as f:
-      json.dump(result, f, indent=2)
-    log.info('wrote %s', path)
-  return result
-
-
-def _prepare_data(data_cfg, workdir, tokenizer=None, for_eval=False):
+def prepare_data(data_cfg, workdir, tokenizer=None, for_eval=False):
   """Process 0 builds the token store first; the others then reuse it (shared filesystem)
   or build the same one (local disks): never two writers of one file at once."""
   prepare = lambda: pipeline.prepare(data_cfg, workdir, tokenizer, for_eval)
@@ -255,7 +221,7 @@ def _prepare_data(data_cfg, workdir, tokenizer=None, for_eval=False):
   return prepared or prepare()
 
 
-def _evaluator(config, s: Setup, prepared, writer):
+def make_evaluator(config, s: Setup, prepared, writer):
   """run_eval(params, step): validation loss, perplexity and bits per byte, logged."""
   tc, seq_len = config.train, s.model.cfg.seq_len
   with s.context():
@@ -337,11 +303,12 @@ def _finish(config, workdir, s, state, prepared):
                             os.path.join(workdir, 'loss.png'))
   prompts = [ec.prompt] * ec.num_samples
   texts = generate_lib.sample(s.model, state.params, prepared.tokenizer, prompts,
-                              ec.sample_tokens, ec.temperature, ec.top_k, config.train.seed)
+                              generate_lib.Sampling.from_config(ec))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'samples.txt'), 'w') as f:
       for i, text in enumerate(texts):
-        header = f'--- sample {i} (temperature {ec.temperature}, top-k {ec.top_k}) ---'
+        header = (f'--- sample {i} (temperature {ec.temperature}, top-k {ec.top_k}, '
+                  f'top-p {ec.top_p}) ---')
         block = f'{header}\n{ec.prompt}{text}\n'
         f.write(block)
         print(block, flush=True)

@@ -7,7 +7,7 @@ import sys
 import jax
 import pytest
 
-from jaxgpt import train
+from jaxgpt import inference, train
 from jaxgpt.errors import UserError
 from tests.helpers import tiny_config
 
@@ -28,9 +28,9 @@ def trained_on_8(corpus_dir, tmp_path_factory):
 
 def test_checkpoint_from_8_devices_evaluates_on_1_and_on_8(corpus_dir, trained_on_8):
   workdir, trained = trained_on_8
-  on_one = train.evaluate_checkpoint(_config(corpus_dir, 1, 1, 1), workdir,
+  on_one = inference.evaluate_checkpoint(_config(corpus_dir, 1, 1, 1), workdir,
                                      devices=jax.devices()[:1])
-  on_eight = train.evaluate_checkpoint(_config(corpus_dir, 1, 8, 1), workdir)
+  on_eight = inference.evaluate_checkpoint(_config(corpus_dir, 1, 8, 1), workdir)
   assert on_one['devices'] == 1 and on_eight['mesh'] == {'data': 1, 'fsdp': 8, 'tensor': 1}
   for result in (on_one, on_eight):
     assert result['step'] == 4
@@ -57,17 +57,17 @@ def test_checkpoint_from_1_device_evaluates_on_8(corpus_dir, tmp_path):
   _run_py(corpus_dir, tmp_path, 1)  # trained in a process that has one device
   with open(tmp_path / 'metrics.jsonl') as f:
     trained = [r for r in map(json.loads, f) if r['kind'] == 'eval'][-1]
-  result = train.evaluate_checkpoint(_config(corpus_dir, 2, 2, 2), str(tmp_path))
+  result = inference.evaluate_checkpoint(_config(corpus_dir, 2, 2, 2), str(tmp_path))
   assert result['devices'] == 8 and result['step'] == 4
   assert result['loss'] == pytest.approx(trained['loss'], abs=1e-5)
 
 
 def test_an_earlier_step_and_a_missing_one(corpus_dir, trained_on_8):
   workdir, trained = trained_on_8
-  early = train.evaluate_checkpoint(_config(corpus_dir, 2, 2, 2), workdir, step=2)
+  early = inference.evaluate_checkpoint(_config(corpus_dir, 2, 2, 2), workdir, step=2)
   assert early['step'] == 2 and early['loss'] > trained['loss']
   with pytest.raises(UserError, match=r'no checkpoint at step 3 in .*saved steps: \[2, 4\]'):
-    train.evaluate_checkpoint(_config(corpus_dir, 2, 2, 2), workdir, step=3)
+    inference.evaluate_checkpoint(_config(corpus_dir, 2, 2, 2), workdir, step=3)
 
 
 @pytest.mark.slow
@@ -88,7 +88,7 @@ def test_another_dataset_is_tokenized_aside_with_the_checkpoint_tokenizer(corpus
   other.write_text(''.join(f'def other_{i}(x):\n    return x * {i}\n' for i in range(60)))
   config = _config(corpus_dir, 2, 2, 2)
   config.data.val_paths = (str(other),)
-  result = train.evaluate_checkpoint(config, workdir)
+  result = inference.evaluate_checkpoint(config, workdir)
   with open(os.path.join(workdir, 'eval_data', 'manifest.json')) as f:
     aside = json.load(f)
   with open(os.path.join(workdir, 'data', 'manifest.json')) as f:

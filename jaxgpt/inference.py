@@ -1,0 +1,114 @@
+"""What runs on a saved checkpoint: evaluation (`--mode=eval`) and sampling (`--mode=sample`).
+
+Both rebuild the mesh from config.mesh over the devices present now, so a run trained on 8
+devices evaluates or samples on 1 and the other way round (Orbax reshards on restore), and
+both use the tokenizer saved in the checkpoint.
+"""
+import dataclasses
+import json
+import logging
+import os
+
+import jax
+
+from jaxgpt import checkpoint as checkpoint_lib
+from jaxgpt import generate as generate_lib
+from jaxgpt import metrics as metrics_lib
+from jaxgpt import model as model_lib
+from jaxgpt import sharding
+from jaxgpt import tasks as tasks_lib
+from jaxgpt import train
+from jaxgpt.errors import UserError
+
+log = logging.getLogger('jaxgpt')
+
+
+def _restore(config, workdir: str, step: int | None, devices):
+  """(Setup, params, tokenizer, step) of a checkpoint of the run in workdir."""
+  mesh = sharding.make_mesh(config.mesh, devices)
+  train.check_config(config, mesh)
+  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  if step is None or step not in ckpt.manager.all_steps():
+    raise UserError(f'no checkpoint {"" if step is None else f"at step {step} "}in {workdir}; '
+                    f'saved steps: {ckpt.manager.all_steps() or "none"}')
+  tokenizer = checkpoint_lib.load_tokenizer(ckpt, step)
+  model_cfg = model_lib.ModelConfig.from_config(config.model, tokenizer.vocab_size)
+  s = train.setup(config, model_cfg, mesh)
+  state = ckpt.restore(step, s.abstract_state)
+  ckpt.close()
+  return s, state.params, tokenizer, step
+
+
+def _write_json(workdir, name, result):
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, name)
+    with open(path, 'w') as f:
+      json.dump(result, f, indent=2)
+    log.info('wrote %s', path)
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None) -> dict:
+  """Loss, perplexity and bits per byte on the config's validation data, and the
+  accuracy on each task in config.eval.tasks; also written to WORKDIR/eval-stepN.json."""
+  tasks = [tasks_lib.load(path) for path in config.eval.tasks]  # bad files fail first
+  s, params, tokenizer, step = _restore(config, workdir, step, devices)
+  prepared = train.prepare_data(config.data, workdir, tokenizer, for_eval=True)
+  # The training run's metrics.jsonl stays the training run's: nothing is appended to it.
+  run_eval = train.make_evaluator(config, s, prepared, metrics_lib.Writer(workdir, enabled=False))
+  result = {**run_eval(params, step), 'step': step, 'devices': s.mesh.size,
+            'mesh': dict(s.mesh.shape)}
+  if tasks:
+    scorer = tasks_lib.Scorer(s.model, params, config.train.batch_size)
+    result['tasks'] = {t['name']: tasks_lib.evaluate(scorer, tokenizer, t) for t in tasks}
+  _write_json(workdir, f'eval-step{step}.json', result)
+  return result
+
+
+def read_prompts(prompts: list[str], prompts_file: str) -> list[str]:
+  """Prompts from the command line, then from a file: JSONL lines ("..." or {"prompt": ...})
+  for prompts with newlines, otherwise one prompt per line."""
+  prompts = list(prompts)
+  if prompts_file:
+    if not os.path.isfile(prompts_file):
+      raise UserError(f'prompts file {prompts_file} does not exist')
+    with open(prompts_file, encoding='utf-8') as f:
+      lines = [line.rstrip('\n') for line in f if line.strip()]
+    if prompts_file.endswith('.jsonl'):
+      for n, line in enumerate(lines, 1):
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise UserError(f'{prompts_file}:{n} is not JSON ({e.msg})') from None
+        record = record.get('prompt') if isinstance(record, dict) else record
+        if not isinstance(record, str):
+          raise UserError(f'{prompts_file}:{n}: use a JSON string or {{"prompt": "..."}}')
+        prompts.append(record)
+    else:
+      prompts += lines
+  return prompts
+
+
+def sample_checkpoint(config, workdir: str, prompts: list[str], step: int | None = None,
+                      devices=None) -> list[dict]:
+  """Continues each prompt (config.eval.prompt when none are given) with the checkpoint's
+  model and config.eval's sampling settings; also written to WORKDIR/samples-stepN.jsonl."""
+  prompts = prompts or [config.eval.prompt] * config.eval.num_samples
+  s, params, tokenizer, step = _restore(config, workdir, step, devices)
+  settings = generate_lib.Sampling.from_config(config.eval)
+  gen = generate_lib.Generator(s.model, params, settings, tokenizer.eod_id, tokenizer.pad_id)
+  records, batch = [], config.train.batch_size
+  for start in range(0, len(prompts), batch):
+    chunk = prompts[start:start + batch]
+    for prompt, ids in zip(chunk, gen.generate([tokenizer.encode(p) for p in chunk])):
+      ended = bool(ids) and ids[-1] == tokenizer.eod_id
+      records.append({'prompt': prompt, 'completion': tokenizer.decode(ids[:len(ids) - ended]),
+                      'new_tokens': len(ids), 'stopped_at_eod': ended})
+    log.info('sampled %d of %d prompts', len(records), len(prompts))
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, f'samples-step{step}.jsonl')
+    with open(path, 'w', encoding='utf-8') as f:
+      for r in records:
+        f.write(json.dumps({**r, 'step': step, **dataclasses.asdict(settings)}) + '\n')
+    log.info('wrote %s', path)
+  return records
