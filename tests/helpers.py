@@ -54,3 +54,20 @@ def tiny_config(corpus_dir, **train):
   for k, v in train.items():
     c.train[k] = v
   return c
+
+
+FACTS = {'france': 'paris', 'italy': 'rome', 'spain': 'madrid', 'norway': 'oslo',
+         'egypt': 'cairo', 'peru': 'lima', 'japan': 'tokyo', 'kenya': 'nairobi'}
+
+
+def write_facts_corpus(directory, n_docs=30, seed=0):
+  """Documents of the same eight sentences in shuffled orders: a tiny model learns them
+  by heart, so that tasks about them have answers known in advance."""
+  rng = random.Random(seed)
+  os.makedirs(directory, exist_ok=True)
+  facts = [f'the capital of {c} is {city}.' for c, city in FACTS.items()]
+  for i in range(n_docs):
+    lines = [rng.choice(facts) for _ in range(12)]
+    with open(os.path.join(directory, f'facts_{i:03d}.txt'), 'w') as fh:
+      fh.write('\n'.join(lines) + '\n')
+  return directory
