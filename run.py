@@ -31,12 +31,14 @@ def _exit_on_unknown_key(parse):
 _exit_on_unknown_key(lambda: config_flags.DEFINE_config_file(
     'config', 'experiments/default.py', 'Experiment config file[:arg].', lock_config=True))
 flags.DEFINE_string('workdir', None, 'Run directory: data, checkpoints, metrics, samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'plan'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'plan', 'predict', 'export'],
                   'train: train (or resume) and evaluate. eval: evaluate a checkpoint of the '
                   'run in --workdir on this machine\'s devices (loss and config.eval.tasks). '
                   'sample: continue prompts with a checkpoint (KV-cache decoding). plan: '
                   'compile the train step for --topology and report memory, FLOPs and '
-                  'collectives without running it.')
+                  'collectives without running it. predict: label --input_file with a '
+                  'classification fine-tune. export: write an instruction fine-tune with its '
+                  'adapters merged as a plain checkpoint in WORKDIR/merged.')
 flags.DEFINE_integer('step', None, 'For --mode=eval/sample: the checkpoint step (default: '
                      'the latest).')
 flags.DEFINE_multi_string('prompt', [], 'For --mode=sample: a prompt (repeat for several); '
@@ -44,6 +46,8 @@ flags.DEFINE_multi_string('prompt', [], 'For --mode=sample: a prompt (repeat for
                           'top_k, top_p, sample_tokens, seed.')
 flags.DEFINE_string('prompts_file', '', 'For --mode=sample: more prompts, one per line, or '
                     'JSON strings / {"prompt": ...} per line in a .jsonl file.')
+flags.DEFINE_string('input_file', '', 'For --mode=predict: texts to label (.txt lines, or '
+                    'CSV/TSV/JSONL/JSON with the text field).')
 flags.DEFINE_string('topology', 'cpu:8', 'For --mode=plan: cpu:N (emulated CPU devices) or a '
                     'TPU slice such as v5e-8, v5p-64, v4-32 (needs the libtpu package).')
 flags.DEFINE_float('device_memory_gb', 0.0, 'For --mode=plan: device memory to check against '
@@ -65,16 +69,30 @@ def main(argv):
   if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:'):
     # Must happen before jax starts its CPU backend.
     jax.config.update('jax_num_cpu_devices', int(FLAGS.topology[4:]))
-  from jaxgpt import inference, sharding, train
-  if FLAGS.mode in ('train', 'eval', 'sample'):
+  from jaxgpt import finetune, inference, sharding, train
+  if FLAGS.mode != 'plan':
     sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
                                           FLAGS.process_id)
     if jax.process_index() != 0:  # one process speaks for the run
       logging.getLogger('jaxgpt').setLevel(logging.WARNING)
+  tuning = 'finetune' in FLAGS.config
   try:
+    if tuning and FLAGS.mode not in ('train', 'predict', 'export'):
+      raise UserError(f'--mode={FLAGS.mode} is for pretraining runs; a fine-tune trains, '
+                      'predicts (classification) or exports (instructions)')
+    if not tuning and FLAGS.mode in ('predict', 'export'):
+      raise UserError(f'--mode={FLAGS.mode} is for fine-tuning experiments '
+                      '(experiments/finetune_*.py)')
     if FLAGS.mode == 'train':
-      result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-      logging.getLogger('jaxgpt').info('result: %s', result)
+      run = finetune.train_and_evaluate if tuning else train.train_and_evaluate
+      result = run(FLAGS.config, FLAGS.workdir)
+      logging.getLogger('jaxgpt').info('result: %s', json.dumps(result)[:2000])
+    elif FLAGS.mode == 'predict':
+      for row in finetune.predict(FLAGS.config, FLAGS.workdir, FLAGS.input_file):
+        if jax.process_index() == 0:
+          print(json.dumps(row))
+    elif FLAGS.mode == 'export':
+      finetune.export(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':
       result = inference.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
       if jax.process_index() == 0:

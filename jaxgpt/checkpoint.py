@@ -46,6 +46,14 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored['state']
 
+  def restore_params(self, step: int, abstract_params):
+    """Only the params of a saved state (no optimizer moments), onto the shardings that
+    `abstract_params` carries: what a fine-tune or an evaluation needs of a run."""
+    restore_args = ocp.checkpoint_utils.construct_restore_args({'params': abstract_params})
+    args = ocp.args.PyTreeRestore(item={'params': abstract_params}, restore_args=restore_args,
+                                  partial_restore=True)
+    return self.manager.restore(step, args=ocp.args.Composite(state=args))['state']['params']
+
   def restore_json(self, step: int, item: str) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(
         **{item: ocp.args.JsonRestore()}))[item]

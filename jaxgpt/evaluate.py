@@ -1,4 +1,4 @@
-"""Validation loss, perplexity and bits per UTF-8 byte.
+"""Validation loss, perplexity and bits per UTF-8 byte; classification metrics.
 
 Bits per byte divide the summed loss by the bytes the target tokens stand for (from the
 tokenizer's per-id byte table), so runs with different tokenizers compare fairly.
@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -50,3 +51,35 @@ def make_jitted_eval_step(model, state_param_shardings, batch_sharding):
 
 def byte_table(tokenizer, vocab_size):
   return jnp.asarray(tokenizer.byte_lengths(vocab_size), jnp.float32)
+
+
+def classification_loss_and_accuracy(logits_NxC, labels_N) -> dict:
+  logits_NxC = np.asarray(logits_NxC, np.float64)
+  logz_N = np.log(np.exp(logits_NxC - logits_NxC.max(-1, keepdims=True)).sum(-1)) \
+      + logits_NxC.max(-1)
+  nll_N = logz_N - logits_NxC[np.arange(len(labels_N)), labels_N]
+  return {'loss': float(nll_N.mean()),
+          'accuracy': float((logits_NxC.argmax(-1) == labels_N).mean())}
+
+
+def classification_report(labels_N, predicted_N, names: list[str]) -> dict:
+  """Accuracy (± standard error), per-class precision, recall and F1, and the confusion
+  matrix (rows: true class, columns: predicted)."""
+  labels_N, predicted_N = np.asarray(labels_N), np.asarray(predicted_N)
+  c = len(names)
+  confusion = np.zeros((c, c), np.int64)
+  np.add.at(confusion, (labels_N, predicted_N), 1)
+  per_class = {}
+  for i, name in enumerate(names):
+    tp = confusion[i, i]
+    precision = tp / max(confusion[:, i].sum(), 1)
+    recall = tp / max(confusion[i].sum(), 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    per_class[name] = {'precision': float(precision), 'recall': float(recall), 'f1': float(f1),
+                       'support': int(confusion[i].sum())}
+  n = len(labels_N)
+  accuracy = float((labels_N == predicted_N).mean()) if n else 0.0
+  return {'accuracy': accuracy,
+          'accuracy_stderr': math.sqrt(accuracy * (1 - accuracy) / (n - 1)) if n > 1 else 0.0,
+          'macro_f1': float(np.mean([v['f1'] for v in per_class.values()])),
+          'examples': n, 'per_class': per_class, 'confusion': confusion.tolist()}

@@ -128,3 +128,26 @@ def plot_losses(jsonl_path: str, png_path: str):
   fig.savefig(png_path, dpi=120)
   plt.close(fig)
   log.info('wrote %s', png_path)
+
+
+def plot_confusion(confusion, names: list[str], png_path: str, title: str):
+  """A confusion matrix as a heat map with counts; rows are true classes."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  counts = np.asarray(confusion)
+  size = max(4, 0.6 * len(names) + 2)
+  fig, ax = plt.subplots(figsize=(size, size))
+  ax.imshow(counts, cmap='Blues')
+  ax.set_xticks(range(len(names)), names, rotation=45, ha='right')
+  ax.set_yticks(range(len(names)), names)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  ax.set_title(title)
+  for i in range(len(names)):
+    for j in range(len(names)):
+      ax.text(j, i, str(counts[i, j]), ha='center', va='center',
+              color='white' if counts[i, j] > counts.max() / 2 else 'black')
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=120)
+  plt.close(fig)

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 
 from jaxgpt.errors import UserError
 
+LORA_TARGETS = ('qkv', 'out', 'fc_in', 'fc_out')  # the dense layers that can take adapters
+
 REMAT_POLICIES = {
     'full': None,  # save nothing: recompute the whole block in the backward pass
     'dots': jax.checkpoint_policies.checkpoint_dots,
@@ -40,6 +42,10 @@ class ModelConfig:
   remat: str = 'none'
   attention_block: int = 0
   init_std: float = 0.02
+  lora_rank: int = 0  # > 0: low-rank adapters beside the kernels of the dense layers named in
+  lora_alpha: float = 16.0  # lora_targets, scaled by alpha / rank
+  lora_dropout: float = 0.0
+  lora_targets: tuple[str, ...] = LORA_TARGETS
 
   @property
   def head_dim(self) -> int:
@@ -72,6 +78,7 @@ class ModelConfig:
                attention_block=m.attention_block, init_std=m.init_std)
 
 
+
 def _divisor_near(width, heads):
   divisors = [h for h in range(1, width + 1) if width % h == 0]
   return min(divisors, key=lambda h: abs(h - heads))
@@ -93,13 +100,16 @@ class Dense(nn.Module):
   """x_...xI @ kernel_IxO... with logical axes; the product runs on 2-D operands.
 
   Folding the leading dims into one before the matmul matters on CPU, where XLA runs a
-  (B*L, D) x (D, F) product about twice as fast as the (B, L, D) form.
+  (B*L, D) x (D, F) product about twice as fast as the (B, L, D) form. A layer whose name
+  is in cfg.lora_targets (with cfg.lora_rank > 0) adds x A B * alpha / rank, with B
+  starting at zero so that the adapted model starts as the base model.
   """
   features: tuple[int, ...]
   axes: tuple[str | None, ...]  # (input axis, *output axes)
   cfg: ModelConfig
   in_dims: int = 1  # trailing input dims contracted (2 for heads x head_dim)
   init_scale: float = 1.0
+  deterministic: bool = True  # for LoRA dropout
 
   @nn.compact
   def __call__(self, x):
@@ -114,7 +124,22 @@ class Dense(nn.Module):
       bias = self.param('bias', nn.with_logical_partitioning(
           nn.initializers.zeros, self.axes[self.in_dims:]), self.features, jnp.float32)
       y_2d = y_2d + bias.reshape(-1).astype(dtype)
+    if self.cfg.lora_rank and self.name in self.cfg.lora_targets:
+      y_2d = y_2d + self._lora(x_2d, in_shape)
     return y_2d.reshape(*x.shape[:-self.in_dims], *self.features)
+
+  def _lora(self, x_2d, in_shape):
+    cfg, rank = self.cfg, self.cfg.lora_rank
+    a = self.param('lora_a', nn.with_logical_partitioning(
+        nn.initializers.normal(1 / math.sqrt(math.prod(in_shape))),
+        (*self.axes[:self.in_dims], None)), (*in_shape, rank), jnp.float32)
+    b = self.param('lora_b', nn.with_logical_partitioning(
+        nn.initializers.zeros, (None, *self.axes[self.in_dims:])), (rank, *self.features),
+        jnp.float32)
+    dtype = jnp.dtype(cfg.dtype)
+    x_2d = nn.Dropout(cfg.lora_dropout, deterministic=self.deterministic)(x_2d)
+    h_2d = x_2d @ a.reshape(-1, rank).astype(dtype)
+    return (h_2d @ b.reshape(rank, -1).astype(dtype)) * (cfg.lora_alpha / rank)
 
 
 def layer_norm(cfg: ModelConfig, name: str):
@@ -124,13 +149,14 @@ def layer_norm(cfg: ModelConfig, name: str):
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)), name=name)
 
 
-def causal_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, block: int, dropout_fn):
+def causal_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, block: int, dropout_fn, segments_BxL=None):
   """Softmax(q k^T / sqrt(K)) v under a causal mask, in query blocks of `block`.
 
   The products run with heads ahead of positions (B, H, L, K): XLA's CPU backend runs
   those batched matmuls 2-3x faster than with heads inside (B, L, H, K). A query block
   only reads the keys up to its own end, so fully masked key blocks above the diagonal are
-  never computed. Logits and softmax are float32 whatever the compute dtype.
+  never computed. Logits and softmax are float32 whatever the compute dtype. With
+  `segments_BxL` (packed sequences) a token also attends only within its own segment.
   """
   q_BxHxLxK, k_BxHxSxK, v_BxHxSxK = (x.transpose(0, 2, 1, 3)
                                      for x in (q_BxLxHxK, k_BxSxHxK, v_BxSxHxK))
@@ -145,7 +171,11 @@ def causal_attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, block: int, dropout_fn):
     q_pos = jnp.arange(start, end)[:, None]
     k_pos = jnp.arange(end)[None, :]
     # A large finite negative rather than -inf keeps fully masked rows NaN-free.
-    logits_BxHxQxS = jnp.where(k_pos <= q_pos, logits_BxHxQxS, -1e30)
+    mask_QxS = k_pos <= q_pos
+    if segments_BxL is not None:
+      same_Bx1xQxS = (segments_BxL[:, None, start:end, None] == segments_BxL[:, None, None, :end])
+      mask_QxS = mask_QxS & same_Bx1xQxS
+    logits_BxHxQxS = jnp.where(mask_QxS, logits_BxHxQxS, -1e30)
     # Softmax with the normalisation moved after the product with v: dividing the
     # (B, H, Q, K) output costs K/S of dividing the (B, H, Q, S) weights. Dropout is
     # elementwise, so dropping unnormalised weights gives the same result.
@@ -194,14 +224,14 @@ class Attention(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BxLxD, cache=None, lengths_B=None):
+  def __call__(self, x_BxLxD, cache=None, lengths_B=None, segments_BxL=None):
     cfg = self.cfg
     h, k = cfg.num_heads, cfg.head_dim
     # One matmul for query, key and value: a third as many calls, each three times wider,
     # which XLA's CPU backend runs faster than three (D, D) products. Heads come first in
     # the output so that a tensor-parallel shard of the kernel is one contiguous block.
     qkv_BxLxHx3xK = Dense((h, 3, k), ('embed', 'heads', None, 'head_dim'), cfg,
-                          name='qkv')(x_BxLxD)
+                          deterministic=self.deterministic, name='qkv')(x_BxLxD)
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLxHx3xK[:, :, :, i] for i in range(3))
     names = ('batch', 'length', 'heads', 'head_dim')
     q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, names)
@@ -210,26 +240,30 @@ class Attention(nn.Module):
     if cache is None:
       dropout = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
       out_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention_block,
-                                     dropout)
+                                     dropout, segments_BxL)
     else:
       out_BxLxHxK, cache = cached_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cache, lengths_B)
     out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, names)
     # GPT-2 scales the init of projections into the residual stream by 1/sqrt(2N).
     out_BxLxD = Dense((cfg.d_model,), ('heads', 'head_dim', 'embed'), cfg, in_dims=2,
-                      init_scale=1 / math.sqrt(2 * cfg.num_layers), name='out')(out_BxLxHxK)
+                      init_scale=1 / math.sqrt(2 * cfg.num_layers),
+                      deterministic=self.deterministic, name='out')(out_BxLxHxK)
     return out_BxLxD, cache
 
 
 class Mlp(nn.Module):
   cfg: ModelConfig
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x_BxLxD):
     cfg = self.cfg
-    h_BxLxF = Dense((cfg.mlp_dim,), ('embed', 'mlp'), cfg, name='fc_in')(x_BxLxD)
+    h_BxLxF = Dense((cfg.mlp_dim,), ('embed', 'mlp'), cfg, deterministic=self.deterministic,
+                    name='fc_in')(x_BxLxD)
     h_BxLxF = nn.with_logical_constraint(nn.gelu(h_BxLxF), ('batch', 'length', 'mlp'))
     return Dense((cfg.d_model,), ('mlp', 'embed'), cfg,
-                 init_scale=1 / math.sqrt(2 * cfg.num_layers), name='fc_out')(h_BxLxF)
+                 init_scale=1 / math.sqrt(2 * cfg.num_layers), deterministic=self.deterministic,
+                 name='fc_out')(h_BxLxF)
 
 
 class Block(nn.Module):
@@ -244,7 +278,7 @@ class Block(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BxLxD, cache=None, lengths_B=None):
+  def __call__(self, x_BxLxD, cache=None, lengths_B=None, segments_BxL=None):
     stacked = None
     if isinstance(x_BxLxD, tuple):
       x_BxLxD, stacked, layer = x_BxLxD
@@ -252,9 +286,10 @@ class Block(nn.Module):
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
     attn_BxLxD, cache = Attention(cfg, self.deterministic, name='attn')(
-        layer_norm(cfg, 'ln_attn')(x_BxLxD), cache, lengths_B)
+        layer_norm(cfg, 'ln_attn')(x_BxLxD), cache, lengths_B, segments_BxL)
     x_BxLxD = x_BxLxD + drop(attn_BxLxD)
-    x_BxLxD = x_BxLxD + drop(Mlp(cfg, name='mlp')(layer_norm(cfg, 'ln_mlp')(x_BxLxD)))
+    x_BxLxD = x_BxLxD + drop(Mlp(cfg, self.deterministic, name='mlp')(
+        layer_norm(cfg, 'ln_mlp')(x_BxLxD)))
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
     if stacked is not None:
       stacked = tuple(jax.lax.dynamic_update_index_in_dim(s, c, layer, 0)
@@ -288,11 +323,15 @@ class Transformer(nn.Module):
   With `cache` (from init_cache) and `lengths_B`, the call is incremental: row b's tokens
   take positions lengths_B[b], lengths_B[b] + 1, ..., attend to the cached keys before
   them, and the call returns (logits, updated cache). The caller advances lengths_B.
+  Packed rows pass `segments_BxL` (tokens attend within their segment) and `positions_BxL`
+  (restarting at each segment). `hidden=True` returns the final normed states instead of
+  logits, for heads of other kinds.
   """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxL, deterministic: bool = True, cache=None, lengths_B=None):
+  def __call__(self, tokens_BxL, deterministic: bool = True, cache=None, lengths_B=None,
+               segments_BxL=None, positions_BxL=None, hidden: bool = False):
     cfg = self.cfg
     length = tokens_BxL.shape[1]
     init = nn.initializers.normal(cfg.init_std)
@@ -305,10 +344,12 @@ class Transformer(nn.Module):
     # vocab-sharded table: left to itself, the SPMD partitioner replicates the whole lookup.
     table_VxD = nn.with_logical_constraint(embed_VxD, ('vocab', None))
     pos_LxD = nn.with_logical_constraint(pos_LxD, (None, None))
-    if cache is None:
+    if cache is not None:
+      positions_BxL = lengths_B[:, None] + jnp.arange(length)
+    if positions_BxL is None:
       pos_LxD = pos_LxD[:length]
     else:
-      pos_LxD = jnp.take(pos_LxD, lengths_B[:, None] + jnp.arange(length), axis=0)  # B x L x D
+      pos_LxD = jnp.take(pos_LxD, positions_BxL, axis=0)  # B x L x D
     x_BxLxD = (jnp.take(table_VxD, tokens_BxL, axis=0) + pos_LxD).astype(dtype)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
     x_BxLxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxLxD)
@@ -318,19 +359,21 @@ class Transformer(nn.Module):
       carry = x_BxLxD if cache is None else (x_BxLxD, cache, 0)
       carry, _ = nn.scan(
           block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-          in_axes=(0, nn.broadcast), length=cfg.num_layers,
+          in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: 'layers'},
-      )(cfg, deterministic, name='blocks')(carry, None, lengths_B)
+      )(cfg, deterministic, name='blocks')(carry, None, lengths_B, segments_BxL)
       x_BxLxD, cache = (carry, None) if cache is None else carry[:2]
     else:
       layer_caches = []
       for i in range(cfg.num_layers):
         x_BxLxD, layer_cache = block(cfg, deterministic, name=f'block_{i}')(
-            x_BxLxD, None if cache is None else cache[i], lengths_B)
+            x_BxLxD, None if cache is None else cache[i], lengths_B, segments_BxL)
         layer_caches.append(layer_cache)
       cache = None if cache is None else tuple(layer_caches)
 
     x_BxLxD = layer_norm(cfg, 'ln_final')(x_BxLxD)
+    if hidden:
+      return x_BxLxD
     if cfg.tie_embeddings:
       logits_BxLxV = (x_BxLxD.reshape(-1, cfg.d_model) @ embed_VxD.astype(dtype).T)
       logits_BxLxV = logits_BxLxV.reshape(*x_BxLxD.shape[:2], cfg.vocab_size)
@@ -342,3 +385,20 @@ class Transformer(nn.Module):
     logits_BxLxV = logits_BxLxV.astype(jnp.float32)
     logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))
     return logits_BxLxV if cache is None else (logits_BxLxV, cache)
+
+
+class Classifier(nn.Module):
+  """tokens_BxL, last_B -> class logits_BxC from the final state of each row's last token.
+
+  The decoder sits under 'backbone', so a pretrained Transformer's params drop in there.
+  """
+  cfg: ModelConfig
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, tokens_BxL, last_B, deterministic: bool = True):
+    h_BxLxD = Transformer(self.cfg, name='backbone')(tokens_BxL, deterministic, hidden=True)
+    h_BxD = jnp.take_along_axis(h_BxLxD, last_B[:, None, None], axis=1)[:, 0]
+    head_cfg = dataclasses.replace(self.cfg, lora_rank=0)
+    logits_BxC = Dense((self.num_classes,), ('embed', None), head_cfg, name='head')(h_BxD)
+    return logits_BxC.astype(jnp.float32)

@@ -20,6 +20,7 @@ from jaxgpt import checkpoint as checkpoint_lib
 from jaxgpt import evaluate as evaluate_lib
 from jaxgpt import faults
 from jaxgpt import generate as generate_lib
+from jaxgpt import lora
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
 from jaxgpt import optim
@@ -37,9 +38,12 @@ class TrainState:
   opt_state: Any
 
 
-def _init_params(model, rng):
+def init_params(model, rng):
   """Boxed (logically named) params of `model`, from a dummy batch of one sequence."""
-  return model.init(rng, jnp.zeros((1, model.cfg.seq_len), jnp.int32))['params']
+  tokens = jnp.zeros((1, model.cfg.seq_len), jnp.int32)
+  if isinstance(model, model_lib.Classifier):
+    return model.init(rng, tokens, jnp.zeros((1,), jnp.int32))['params']
+  return model.init(rng, tokens)['params']
 
 
 def _strip_boxes(tree):
@@ -51,7 +55,11 @@ def _strip_boxes(tree):
 
 @dataclasses.dataclass
 class Setup:
-  """What the loop needs, built before anything is compiled."""
+  """What the loop needs, built before anything is compiled.
+
+  A fine-tune sets `loss_fn` (its task's loss) and `frozen` (the params it does not train,
+  passed to the step beside the state, which then holds only the trainable ones).
+  """
   model: model_lib.Transformer
   tx: optax.GradientTransformation
   lr: optax.Schedule
@@ -59,10 +67,14 @@ class Setup:
   rules: tuple
   state_shardings: TrainState
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+  loss_fn: Any = None  # loss_fn(params, frozen, batch, rng) -> (summed loss, summed weight)
+  frozen: Any = None
+  frozen_shardings: Any = None
+  frozen_abstract: Any = None  # their shapes, before the arrays are there
 
   def init_state(self, seed: int) -> TrainState:
     def init(rng):
-      params = _strip_boxes(_init_params(self.model, rng))
+      params = _strip_boxes(init_params(self.model, rng))
       return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
     with self.context():
       return jax.jit(init, out_shardings=self.state_shardings)(jax.random.key(seed))
@@ -75,16 +87,26 @@ class Setup:
     return stack
 
 
-def setup(config, model_cfg: model_lib.ModelConfig, mesh) -> Setup:
-  model = model_lib.Transformer(model_cfg)
+def setup(config, model_cfg: model_lib.ModelConfig, mesh, model=None, is_trainable=None,
+          loss_fn=None) -> Setup:
+  """Shardings and abstract state for `model` (default: a Transformer of model_cfg).
+
+  With `is_trainable(path)`, the state holds only those params and the rest become
+  Setup.frozen_shardings (a fine-tune fills Setup.frozen with the arrays).
+  """
+  model = model or model_lib.Transformer(model_cfg)
   tx, lr = optim.make(config.optim, config.train.steps)
   rules = sharding.rules(config.mesh)
   rng = jax.eval_shape(jax.random.key, 0)  # abstract: the mesh may be a remote topology's
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(lambda r: _init_params(model, r), rng)
+    boxed = jax.eval_shape(lambda r: init_params(model, r), rng)
   param_sh = sharding.logical_shardings(boxed, mesh, config.mesh)
   params = _strip_boxes(boxed)
   sharding.check_divisible(params, param_sh)
+  frozen_sh = frozen_abstract = None
+  if is_trainable is not None:
+    params, frozen_abstract = lora.split(params, is_trainable)
+    param_sh, frozen_sh = lora.split(param_sh, is_trainable)
   opt_state = jax.eval_shape(tx.init, params)
   replicated = NamedSharding(mesh, P())
   # AdamW's moments mirror the params and take their shardings; counts are replicated.
@@ -94,35 +116,49 @@ def setup(config, model_cfg: model_lib.ModelConfig, mesh) -> Setup:
   shardings = TrainState(replicated, param_sh, opt_sh)
   abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state)
   abstract = checkpoint_lib.abstract_with_shardings(abstract, shardings)
-  return Setup(model, tx, lr, mesh, rules, shardings, abstract)
+  return Setup(model, tx, lr, mesh, rules, shardings, abstract, loss_fn,
+               frozen_shardings=frozen_sh, frozen_abstract=frozen_abstract)
 
 
 def loss_sums(model, params, batch, rng, deterministic):
+  """Summed next-token loss over the batch's weights; packed rows carry segments and
+  positions."""
   logits_BxLxV = model.apply({'params': params}, batch['inputs'], deterministic=deterministic,
-                             rngs={'dropout': rng})
+                             segments_BxL=batch.get('segments'),
+                             positions_BxL=batch.get('positions'), rngs={'dropout': rng})
   nll_BxL = evaluate_lib.token_nll(logits_BxLxV, batch['targets'])
   return (nll_BxL * batch['weights']).sum(), batch['weights'].sum()
 
 
-def make_train_step(model, tx, lr, micro_batches: int, seed: int, skip_nonfinite=False):
-  """The pure step; gradients of micro-batches are summed in a scan, then applied once."""
+def lm_loss(model):
+  """The pretraining loss as a Setup.loss_fn: frozen params (if any) join the trained ones."""
+  def loss_fn(params, frozen, batch, rng):
+    return loss_sums(model, lora.merge(params, frozen) if frozen else params, batch, rng, False)
+  return loss_fn
 
-  def grads_of(params, batch, rng):
+
+def make_train_step(loss_fn, tx, lr, micro_batches: int, seed: int, skip_nonfinite=False):
+  """The pure step; gradients of micro-batches are summed in a scan, then applied once.
+
+  Gradients are taken of the state's params only: `frozen` params get none.
+  """
+
+  def grads_of(params, frozen, batch, rng):
     (nll, tokens), grads = jax.value_and_grad(
-        lambda p: loss_sums(model, p, batch, rng, False), has_aux=True)(params)
+        lambda p: loss_fn(p, frozen, batch, rng), has_aux=True)(params)
     return grads, nll, tokens
 
-  def train_step(state, batch):
+  def train_step(state, batch, frozen=None):
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
     if micro_batches == 1:
-      grads, nll, tokens = grads_of(state.params, batch, rng)
+      grads, nll, tokens = grads_of(state.params, frozen, batch, rng)
     else:
       # Micro-batch i takes rows i, i+M, ...: every device keeps its own rows, no reshuffle.
       split = lambda x: x.reshape(x.shape[0] // micro_batches, micro_batches,
                                   *x.shape[1:]).swapaxes(0, 1)
       def body(acc, xs):
         mb, i = xs
-        out = grads_of(state.params, mb, jax.random.fold_in(rng, i))
+        out = grads_of(state.params, frozen, mb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, acc, out), None
       zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0), jnp.float32(0))
       (grads, nll, tokens), _ = jax.lax.scan(
@@ -145,12 +181,18 @@ def make_train_step(model, tx, lr, micro_batches: int, seed: int, skip_nonfinite
 
 
 def jit_train_step(s: Setup, config):
-  step = make_train_step(s.model, s.tx, s.lr, config.train.micro_batches, config.train.seed,
-                         config.train.skip_nonfinite)
+  """step(state, batch) -> (state, metrics), jitted with explicit shardings, state donated."""
+  step = make_train_step(s.loss_fn or lm_loss(s.model), s.tx, s.lr, config.train.micro_batches,
+                         config.train.seed, config.train.skip_nonfinite)
   # Metrics come back replicated, so every process can read them without a gather.
-  return jax.jit(step, in_shardings=(s.state_shardings, sharding.batch_sharding(s.mesh)),
-                 out_shardings=(s.state_shardings, NamedSharding(s.mesh, P())),
-                 donate_argnums=0)
+  out_shardings = (s.state_shardings, NamedSharding(s.mesh, P()))
+  batch_sharding = sharding.batch_sharding(s.mesh)
+  if s.frozen is None:
+    return jax.jit(step, in_shardings=(s.state_shardings, batch_sharding),
+                   out_shardings=out_shardings, donate_argnums=0)
+  jitted = jax.jit(step, in_shardings=(s.state_shardings, batch_sharding, s.frozen_shardings),
+                   out_shardings=out_shardings, donate_argnums=0)
+  return lambda state, batch: jitted(state, batch, s.frozen)
 
 
 def check_config(config, mesh):
@@ -195,7 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   run_eval = make_evaluator(config, s, prepared, writer)
   save = lambda step, st: ckpt.save(step, st, data_iter, config, prepared.tokenizer)
   try:
-    state, result, stopped = _train_loop(config, s, state, data_iter, writer, run_eval, save)
+    state, result, stopped = train_loop(config, s, state, data_iter, writer, run_eval, save)
     step = int(state.step)
     if stopped:
       return {'stopped': True, 'step': step}
@@ -243,7 +285,7 @@ def make_evaluator(config, s: Setup, prepared, writer):
   return run_eval
 
 
-def _train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
+def train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
   """Steps from state.step to train.steps (or run_steps more); logs, evaluates, saves."""
   tc, model_cfg = config.train, s.model.cfg
   tokens_per_step = tc.batch_size * model_cfg.seq_len

@@ -226,6 +226,12 @@ def train_loader(prepared: Prepared, seq_len: int, global_batch: int, seed: int,
   if len(source) < global_batch:
     raise UserError(f'the training split has {len(source)} windows of {seq_len} tokens, fewer '
                     f'than one batch ({global_batch}); use more text or a smaller seq_len/batch')
+  return batch_loader(source, global_batch, seed, process_index, process_count)
+
+
+def batch_loader(source, global_batch: int, seed: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  """Shuffled, repeating global batches of a random-access source; this process's rows."""
   local = global_batch // process_count
   mine = slice(process_index * local, (process_index + 1) * local)
 

@@ -1,0 +1,233 @@
+"""Fine-tuning data: labelled texts and instruction/response pairs, as arrays and batches.
+
+Files are CSV, TSV, JSONL or JSON (a list of objects); every record keeps where it came
+from ("file:line"), so that a missing column, an unknown label or an empty output is
+reported at its line. Splits come from separate files or, when only a training file is
+given, from a hash of each record (stable across runs and machines).
+"""
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+
+import grain
+import numpy as np
+
+from jaxgpt.errors import UserError
+
+SPLITS = ('train', 'val', 'test')
+
+
+@dataclasses.dataclass
+class Record:
+  where: str  # file:line
+  fields: dict
+
+
+def read_records(path: str, text_field: str = '') -> list[Record]:
+  """Records of a .csv, .tsv, .jsonl or .json file; with `text_field`, a .txt file too
+  (one text per line, for predictions)."""
+  if not os.path.isfile(path):
+    raise UserError(f'data file {path} does not exist')
+  ext = os.path.splitext(path)[1].lower()
+  if ext == '.txt' and text_field:
+    with open(path, encoding='utf-8', errors='strict') as f:
+      return [Record(f'{path}:{n}', {text_field: line.rstrip('\n')})
+              for n, line in enumerate(f, 1) if line.strip()]
+  if ext not in ('.csv', '.tsv', '.jsonl', '.json'):
+    raise UserError(f'{path}: use a .csv, .tsv, .jsonl or .json file')
+  try:
+    with open(path, encoding='utf-8', newline='') as f:
+      if ext in ('.csv', '.tsv'):
+        reader = csv.DictReader(f, delimiter='\t' if ext == '.tsv' else ',')
+        return [Record(f'{path}:{reader.line_num}', row) for row in reader]
+      if ext == '.json':
+        return _json_list(path, f.read())
+      return [_json_line(path, n, line) for n, line in enumerate(f, 1) if line.strip()]
+  except UnicodeDecodeError as e:
+    raise UserError(f'{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it '
+                    'with iconv') from None
+
+
+def _json_line(path, n, line) -> Record:
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise UserError(f'{path}:{n} is not JSON ({e.msg}); use one JSON object per line') from None
+  if not isinstance(record, dict):
+    raise UserError(f'{path}:{n}: each line must be a JSON object')
+  return Record(f'{path}:{n}', record)
+
+
+def _json_list(path, text) -> list[Record]:
+  try:
+    items = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise UserError(f'{path}:{e.lineno} is not JSON ({e.msg}); a .json file holds a list of '
+                    'objects, a .jsonl file one object per line') from None
+  if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+    raise UserError(f'{path}: a .json file must hold a list of objects')
+  return [Record(f'{path} item {i}', x) for i, x in enumerate(items)]
+
+
+def field(record: Record, name: str, allow_empty=False) -> str:
+  if name not in record.fields or record.fields[name] is None:
+    raise UserError(f'{record.where}: missing column/field {name!r} (has '
+                    f'{sorted(record.fields)}); set the finetune.*_field names to match')
+  value = str(record.fields[name])
+  if not allow_empty and not value.strip():
+    raise UserError(f'{record.where}: field {name!r} is empty')
+  return value
+
+
+def _hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
+  u = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+  return 'test' if u < test_fraction else 'val' if u < test_fraction + val_fraction else 'train'
+
+
+def split_records(fc, key_field: str) -> dict[str, list[Record]]:
+  """{'train', 'val', 'test'} records from finetune.{train,val,test}_path, or a split of
+  the training file by a hash of each whole record (equal records land together)."""
+  if not fc.train_path:
+    raise UserError('finetune.train_path is empty; name the training file')
+  splits = {'train': read_records(fc.train_path), 'val': [], 'test': []}
+  for name in ('val', 'test'):
+    if fc[f'{name}_path']:
+      splits[name] = read_records(fc[f'{name}_path'])
+  missing = [n for n in ('val', 'test') if not fc[f'{n}_path']]
+  if missing:
+    fractions = {'val': fc.val_fraction if 'val' in missing else 0.0,
+                 'test': fc.test_fraction if 'test' in missing else 0.0}
+    pool, splits['train'] = splits['train'], []
+    for r in pool:
+      field(r, key_field)  # a record without its main field is reported here
+      key = json.dumps(r.fields, sort_keys=True, default=str)
+      splits[_hash_split(key, fractions['val'], fractions['test'])].append(r)
+  for name, records in splits.items():
+    if not records and (name != 'test' or fc.test_fraction or fc.test_path):
+      raise UserError(f'the {name} split of the fine-tuning data is empty; add records or '
+                      f'set finetune.{name}_path')
+  return splits
+
+
+# Classification ---------------------------------------------------------------------------
+
+def label_names(train: list[Record], label_field: str) -> list[str]:
+  return sorted({field(r, label_field) for r in train})
+
+
+def encode_classification(records, tokenizer, labels: list[str] | None, seq_len: int, fc) -> dict:
+  """inputs_NxL (the first seq_len tokens), last_N (the last real token), labels_N (zeros
+  when `labels` is None: texts to predict)."""
+  index = {name: i for i, name in enumerate(labels)}
+  n = len(records)
+  inputs = np.full((n, seq_len), tokenizer.pad_id, np.int32)
+  last, ids_N = np.zeros(n, np.int32), np.zeros(n, np.int32)
+  for i, r in enumerate(records):
+    if labels is not None:
+      label = field(r, fc.label_field)
+      if label not in index:
+        raise UserError(f'{r.where}: label {label!r} is not among the training labels {labels}')
+      ids_N[i] = index[label]
+    ids = tokenizer.encode(field(r, fc.text_field))[:seq_len] or [tokenizer.eod_id]
+    inputs[i, :len(ids)] = ids
+    last[i] = len(ids) - 1
+  return {'inputs': inputs, 'last': last, 'labels': ids_N, 'weights': np.ones(n, np.float32)}
+
+
+# Instructions -----------------------------------------------------------------------------
+
+def prompt_of(record: Record, fc) -> str:
+  instruction = field(record, fc.instruction_field)
+  extra = field(record, fc.input_field, allow_empty=True) if fc.input_field in record.fields \
+      else ''
+  template = fc.prompt_template if extra.strip() else fc.prompt_template_no_input
+  return template.format(instruction=instruction, input=extra)
+
+
+def instruction_examples(records, tokenizer, fc) -> list[tuple[list[int], list[int]]]:
+  """(prompt ids, response ids + end-of-document) per record."""
+  out = []
+  for r in records:
+    response = field(r, fc.output_field)
+    out.append((tokenizer.encode(prompt_of(r, fc)),
+                tokenizer.encode(response) + [tokenizer.eod_id]))
+  return out
+
+
+def _example_rows(prompt, response, seq_len):
+  """inputs, targets and weights of one example: loss on the response tokens only."""
+  tokens = (prompt + response)[:seq_len + 1]
+  weights = ([0.0] * len(prompt) + [1.0] * len(response))[1:seq_len + 1]
+  return tokens[:-1], tokens[1:], weights
+
+
+def encode_instructions(examples, seq_len: int, pad_id: int, packed: bool) -> dict:
+  """Rows of inputs/targets/weights (and, packed, segments/positions) from examples.
+
+  Padded: one example per row. Packed: examples follow each other in a row until the next
+  does not fit; each is its own segment with positions from 0, so nothing attends across
+  examples and the logits of every example are those it would get alone.
+  """
+  rows, row = [], []
+  for prompt, response in examples:
+    example = _example_rows(prompt, response, seq_len)
+    if not packed or sum(len(e[0]) for e in row) + len(example[0]) > seq_len:
+      if row:
+        rows.append(row)
+      row = []
+    row.append(example)
+  if row:
+    rows.append(row)
+  n = len(rows)
+  out = {'inputs': np.full((n, seq_len), pad_id, np.int32),
+         'targets': np.full((n, seq_len), pad_id, np.int32),
+         'weights': np.zeros((n, seq_len), np.float32)}
+  if packed:
+    out['segments'] = np.zeros((n, seq_len), np.int32)
+    out['positions'] = np.zeros((n, seq_len), np.int32)
+  for i, parts in enumerate(rows):
+    start = 0
+    for segment, (inp, tgt, w) in enumerate(parts, 1):
+      end = start + len(inp)
+      out['inputs'][i, start:end], out['targets'][i, start:end] = inp, tgt
+      out['weights'][i, start:end] = w
+      if packed:
+        out['segments'][i, start:end] = segment
+        out['positions'][i, start:end] = np.arange(len(inp))
+      start = end
+  return out
+
+
+# Batches ----------------------------------------------------------------------------------
+
+class ArraySource(grain.sources.RandomAccessDataSource):
+  """Row i of each array in a dict: a grain source for data that fit in memory."""
+
+  def __init__(self, arrays: dict, name: str):
+    self.arrays, self.name = arrays, name
+    self._len = len(next(iter(arrays.values())))
+
+  def __len__(self):
+    return self._len
+
+  def __getitem__(self, index):
+    return {k: v[int(index)] for k, v in self.arrays.items()}
+
+  def __repr__(self):  # grain checks a restored iterator against it
+    return f'ArraySource({self.name}, rows={self._len}, keys={sorted(self.arrays)})'
+
+
+def eval_batches(arrays: dict, global_batch: int, process_index=0, process_count=1):
+  """All rows in order, the last batch padded with zero weights; this process's rows."""
+  n = len(arrays['weights'])
+  local = global_batch // process_count
+  for start in range(0, n, global_batch):
+    idx = np.arange(start, start + global_batch)
+    real = idx < n
+    idx = np.where(real, idx, 0)[process_index * local:(process_index + 1) * local]
+    batch = {k: v[idx] for k, v in arrays.items()}
+    keep = real[process_index * local:(process_index + 1) * local]
+    batch['weights'] = batch['weights'] * keep.reshape(-1, *[1] * (batch['weights'].ndim - 1))
+    yield batch

@@ -1,0 +1,392 @@
+"""Fine-tuning a pretrained checkpoint: text classification and instruction following.
+
+The pretrained run (finetune.base_workdir) gives the model's shape, the tokenizer and the
+initial params. The fine-tune's state holds only what trains (finetune.trainable); the
+rest stays frozen, passed to the same jitted step and loop as pretraining, so a fine-tune
+runs on any mesh, checkpoints (only its trainable params, with the data-loader state) and
+resumes exactly like pretraining.
+"""
+import dataclasses
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxgpt import checkpoint as checkpoint_lib
+from jaxgpt import evaluate as evaluate_lib
+from jaxgpt import faults
+from jaxgpt import generate as generate_lib
+from jaxgpt import lora
+from jaxgpt import metrics as metrics_lib
+from jaxgpt import model as model_lib
+from jaxgpt import sharding
+from jaxgpt import train
+from jaxgpt.data import finetune_data as fdata
+from jaxgpt.data import pipeline
+from jaxgpt.errors import UserError
+
+log = logging.getLogger('jaxgpt')
+
+
+@dataclasses.dataclass
+class Base:
+  """The pretrained run: its config, tokenizer and how to read its params."""
+  workdir: str
+  step: int
+  config: dict
+  tokenizer: object
+
+
+def open_base(fc) -> Base:
+  if not fc.base_workdir:
+    raise UserError('finetune.base_workdir is empty; name the pretrained run\'s workdir')
+  ckpt = checkpoint_lib.Checkpointer(fc.base_workdir, async_save=False)
+  step = fc.base_step or ckpt.latest_step()
+  if step is None or step not in ckpt.manager.all_steps():
+    raise UserError(f'no checkpoint {f"at step {step} " if step else ""}in '
+                    f'{fc.base_workdir}; saved steps: {ckpt.manager.all_steps() or "none"}')
+  base = Base(fc.base_workdir, step, ckpt.restore_json(step, 'config'),
+              checkpoint_lib.load_tokenizer(ckpt, step))
+  ckpt.close()
+  return base
+
+
+def with_base_model(config, base: Base):
+  """config with the pretrained run's model fields (and the fine-tune's dropout)."""
+  config = config.copy_and_resolve_references()
+  config.unlock()
+  config.model.update(base.config['model'])
+  config.model.dropout = config.finetune.dropout
+  config.lock()
+  return config
+
+
+def model_config(config, tokenizer) -> model_lib.ModelConfig:
+  fc = config.finetune
+  cfg = model_lib.ModelConfig.from_config(config.model, tokenizer.vocab_size)
+  if fc.trainable == 'lora':
+    if fc.lora.rank <= 0:
+      raise UserError(f'finetune.lora.rank={fc.lora.rank} must be positive with '
+                      'finetune.trainable=lora')
+    cfg = dataclasses.replace(cfg, lora_rank=fc.lora.rank, lora_alpha=fc.lora.alpha,
+                              lora_dropout=fc.lora.dropout,
+                              lora_targets=lora.check_targets(fc.lora.targets))
+  return cfg
+
+
+def _classify_loss(model):
+  def loss_fn(params, frozen, batch, rng):
+    logits_BxC = model.apply({'params': lora.merge(params, frozen)}, batch['inputs'],
+                             batch['last'], deterministic=False, rngs={'dropout': rng})
+    nll_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch['labels'])
+    return (nll_B * batch['weights']).sum(), batch['weights'].sum()
+  return loss_fn
+
+
+def make_setup(config, mesh, cfg, num_classes: int = 0) -> train.Setup:
+  fc = config.finetune
+  if fc.task == 'classify':
+    model = model_lib.Classifier(cfg, num_classes)
+    is_trainable = lora.predicate(fc.trainable, cfg, fc.last_k, prefix=('backbone',))
+    return train.setup(config, cfg, mesh, model, is_trainable, _classify_loss(model))
+  if fc.trainable == 'head':
+    raise UserError('finetune.trainable=head is for classification; an instruction fine-tune '
+                    'trains last_k, all or lora')
+  model = model_lib.Transformer(cfg)
+  is_trainable = lora.predicate(fc.trainable, cfg, fc.last_k)
+  return train.setup(config, cfg, mesh, model, is_trainable, train.lm_loss(model))
+
+
+def _base_params(config, base: Base, mesh):
+  """The pretrained params alone (no optimizer moments), restored onto this mesh with the
+  shardings the same rules give them here."""
+  cfg = model_lib.ModelConfig.from_config(config.model, base.tokenizer.vocab_size)
+  abstract = train.setup(config, cfg, mesh).abstract_state.params
+  ckpt = checkpoint_lib.Checkpointer(base.workdir, async_save=False)
+  params = ckpt.restore_params(base.step, abstract)
+  ckpt.close()
+  return params
+
+
+def initial_params(config, s: train.Setup, base: Base, seed: int, classify: bool):
+  """(trainable, frozen): fresh heads and adapters, every other param the pretrained one."""
+  with s.context():
+    fresh = jax.jit(lambda r: train._strip_boxes(train.init_params(s.model, r)))(
+        jax.random.key(seed))
+  pretrained = _base_params(config, base, s.mesh)
+  if classify:
+    pretrained = {'backbone': pretrained}
+  full = lora.merge(fresh, pretrained)
+  trainable_sh = s.state_shardings.params
+  trainable, frozen = lora.split(full, lambda path: path in _paths(trainable_sh))
+  put = lambda tree, sh: jax.tree.map(jax.device_put, tree, sh)
+  return put(trainable, trainable_sh), put(frozen, s.frozen_shardings)
+
+
+def _paths(tree) -> set:
+  from flax import traverse_util
+  return set(traverse_util.flatten_dict(tree))
+
+
+def prepare(config, workdir, base: Base):
+  """Encoded splits (and, for classification, the label names, saved to labels.json)."""
+  fc, seq_len, tok = config.finetune, config.model.seq_len, base.tokenizer
+  if fc.task == 'classify':
+    splits = fdata.split_records(fc, fc.text_field)
+    labels = fdata.label_names(splits['train'], fc.label_field)
+    if len(labels) < 2:
+      raise UserError(f'{fc.train_path}: the training split has {len(labels)} label(s); a '
+                      'classifier needs at least two')
+    arrays = {k: fdata.encode_classification(v, tok, labels, seq_len, fc)
+              for k, v in splits.items() if v}
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, 'labels.json'), 'w') as f:
+        json.dump(labels, f)
+    return splits, arrays, labels
+  splits = fdata.split_records(fc, fc.instruction_field)
+  examples = {k: fdata.instruction_examples(v, tok, fc) for k, v in splits.items() if v}
+  arrays = {k: fdata.encode_instructions(v, seq_len, tok.pad_id, fc.packed and k == 'train')
+            for k, v in examples.items()}
+  return splits, arrays, None
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  fc, tc = config.finetune, config.train
+  base = open_base(fc)
+  config = with_base_model(config, base)
+  mesh = sharding.make_mesh(config.mesh)
+  train.check_config(config, mesh)
+  cfg = model_config(config, base.tokenizer)
+  splits, arrays, labels = prepare(config, workdir, base)
+  if len(arrays['train']['weights']) < tc.batch_size:
+    raise UserError(f'the training split has {len(arrays["train"]["weights"])} rows, fewer than '
+                    f'one batch ({tc.batch_size}); lower train.batch_size')
+  s = make_setup(config, mesh, cfg, len(labels or ()))
+  log.info('fine-tuning %s: %s trainable of %s params (%s)', fc.task,
+           f'{lora.count(s.abstract_state.params):,}',
+           f'{lora.count(s.abstract_state.params) + lora.count(s.frozen_abstract):,}',
+           fc.trainable)
+  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoints)
+  latest = ckpt.latest_step()
+  if latest is not None and latest >= tc.steps:
+    log.info('the run in %s is complete (step %d of %d)', workdir, latest, tc.steps)
+  source = fdata.ArraySource(arrays['train'], f'{fc.task}-train')
+  data_iter = iter(pipeline.batch_loader(source, tc.batch_size, tc.seed, jax.process_index(),
+                                         jax.process_count()))
+  trainable, s.frozen = initial_params(config, s, base, tc.seed, fc.task == 'classify')
+  state = train.TrainState(jnp.zeros((), jnp.int32), trainable, None)
+  with s.context():
+    state = jax.jit(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, s.tx.init(p)),
+                    out_shardings=s.state_shardings)(state.params)
+  if latest is not None:
+    faults.check_resumable(config, ckpt.restore_json(latest, 'config'), workdir)
+    log.info('resuming from step %d', latest)
+    state = ckpt.restore(latest, s.abstract_state, data_iter)
+  writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0)
+  evaluator = (ClassifyEval if fc.task == 'classify' else InstructEval)(config, s, base, arrays,
+                                                                       labels)
+  run_eval = lambda params, step: evaluator.during_training(params, step, writer)
+  save = lambda step, st: ckpt.save(step, st, data_iter, config, base.tokenizer)
+  try:
+    if latest is None or latest < tc.steps:
+      state, _, stopped = train.train_loop(config, s, state, data_iter, writer, run_eval, save)
+      if stopped:
+        return {'stopped': True, 'step': int(state.step)}
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+  if jax.process_index() == 0:
+    metrics_lib.plot_losses(os.path.join(workdir, 'metrics.jsonl'),
+                            os.path.join(workdir, 'loss.png'))
+  return evaluator.final(state.params, int(state.step), workdir, splits)
+
+
+def _restore_finetuned(config, workdir: str, base: Base, labels=None):
+  """(Setup, merged params, step) of the latest checkpoint of the fine-tune in workdir."""
+  mesh = sharding.make_mesh(config.mesh)
+  train.check_config(config, mesh)
+  cfg = model_config(config, base.tokenizer)
+  s = make_setup(config, mesh, cfg, len(labels or ()))
+  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
+  step = ckpt.latest_step()
+  if step is None:
+    raise UserError(f'no fine-tuning checkpoint in {workdir}; train first (--mode=train)')
+  _, s.frozen = initial_params(config, s, base, config.train.seed,
+                               config.finetune.task == 'classify')
+  trained = ckpt.restore_params(step, s.abstract_state.params)
+  ckpt.close()
+  return s, trained, step
+
+
+def predict(config, workdir: str, input_file: str) -> list[dict]:
+  """Labels each text of input_file (.txt lines, or CSV/TSV/JSONL/JSON with the text
+  field); also written to WORKDIR/predictions.jsonl."""
+  fc = config.finetune
+  if fc.task != 'classify':
+    raise UserError('--mode=predict labels texts with a classification fine-tune')
+  labels_path = os.path.join(workdir, 'labels.json')
+  if not os.path.isfile(labels_path):
+    raise UserError(f'{labels_path} is missing; train the classifier in {workdir} first')
+  with open(labels_path) as f:
+    labels = json.load(f)
+  records = fdata.read_records(input_file, fc.text_field)
+  if not records:
+    raise UserError(f'{input_file} holds no texts')
+  base = open_base(fc)
+  config = with_base_model(config, base)
+  s, params, step = _restore_finetuned(config, workdir, base, labels)
+  arrays = fdata.encode_classification(records, base.tokenizer, None, config.model.seq_len, fc)
+  logits = ClassifyEval(config, s, base, {}, labels).predict(params, arrays)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  out = [{'text': r.fields[fc.text_field], 'label': labels[int(p.argmax())],
+          'probabilities': {name: round(float(x), 4) for name, x in zip(labels, p)}}
+         for r, p in zip(records, probs)]
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, 'predictions.jsonl')
+    with open(path, 'w', encoding='utf-8') as f:
+      for row in out:
+        f.write(json.dumps({**row, 'step': step}) + '\n')
+    log.info('wrote %d predictions to %s', len(out), path)
+  return out
+
+
+def export(config, workdir: str) -> str:
+  """Writes the instruction-tuned model, adapters merged into its kernels, as a plain
+  pretraining checkpoint in WORKDIR/merged (for --mode=sample/eval with the base config)."""
+  fc = config.finetune
+  if fc.task != 'instruct':
+    raise UserError('--mode=export writes a plain language model: it is for instruction '
+                    'fine-tunes (a classifier\'s head has no place in one)')
+  base = open_base(fc)
+  config = with_base_model(config, base)
+  s, params, step = _restore_finetuned(config, workdir, base)
+  full = lora.merge(params, s.frozen)
+  if s.model.cfg.lora_rank:
+    full = lora.merge_adapters(full, s.model.cfg)
+  plain = train.setup(config, dataclasses.replace(s.model.cfg, lora_rank=0), s.mesh)
+  with plain.context():
+    state = jax.jit(lambda p: train.TrainState(jnp.asarray(step, jnp.int32), p, plain.tx.init(p)),
+                    out_shardings=plain.state_shardings)(full)
+  out_dir = os.path.join(workdir, 'merged')
+  ckpt = checkpoint_lib.Checkpointer(out_dir, async_save=False)
+  import ml_collections
+  ckpt.save(step, state, None, ml_collections.ConfigDict(base.config), base.tokenizer,
+            force=True)
+  ckpt.wait()
+  ckpt.close()
+  log.info('wrote the merged model (step %d) to %s', step, out_dir)
+  return out_dir
+
+
+def _merged(s: train.Setup, params):
+  return lora.merge(params, s.frozen) if s.frozen else params
+
+
+class ClassifyEval:
+  """Accuracy and loss on the validation split while training; a full report at the end."""
+
+  def __init__(self, config, s, base, arrays, labels):
+    self.config, self.s, self.arrays, self.labels = config, s, arrays, labels
+    replicated = NamedSharding(s.mesh, P())
+    merged_sh = lora.merge(s.state_shardings.params, s.frozen_shardings)
+    self._logits = jax.jit(
+        lambda p, b: s.model.apply({'params': p}, b['inputs'], b['last']),
+        in_shardings=(merged_sh, sharding.batch_sharding(s.mesh)), out_shardings=replicated)
+
+  def predict(self, params, arrays) -> np.ndarray:
+    """logits_NxC of every row of `arrays`."""
+    out, batch, merged = [], self.config.train.batch_size, _merged(self.s, params)
+    n = len(arrays['weights'])
+    with self.s.context():
+      for b in fdata.eval_batches(arrays, batch, jax.process_index(), jax.process_count()):
+        out.append(np.asarray(self._logits(merged, sharding.global_batch(b, self.s.mesh))))
+    return np.concatenate(out)[:n]
+
+  def during_training(self, params, step, writer):
+    logits = self.predict(params, self.arrays['val'])
+    result = evaluate_lib.classification_loss_and_accuracy(logits, self.arrays['val']['labels'])
+    writer.write(step, 'eval', result)
+    log.info('eval step %d | loss %.4f | accuracy %.4f', step, result['loss'], result['accuracy'])
+    return result
+
+  def final(self, params, step, workdir, splits):
+    report = {'step': step, 'labels': self.labels}
+    for name, arrays in self.arrays.items():
+      pred = self.predict(params, arrays).argmax(-1)
+      report[name] = evaluate_lib.classification_report(arrays['labels'], pred, self.labels)
+      log.info('%s: accuracy %.4f over %d (macro F1 %.4f)', name, report[name]['accuracy'],
+               len(pred), report[name]['macro_f1'])
+      if jax.process_index() == 0:
+        metrics_lib.plot_confusion(report[name]['confusion'], self.labels,
+                                   os.path.join(workdir, f'confusion-{name}.png'),
+                                   f'{name} split, step {step}')
+    _write_json(os.path.join(workdir, 'report.json'), report)
+    return report
+
+
+class InstructEval:
+  """Held-out loss on the response tokens while training; generated responses at the end."""
+
+  def __init__(self, config, s, base, arrays, labels):
+    del labels
+    self.config, self.s, self.base, self.arrays = config, s, base, arrays
+    merged_sh = lora.merge(s.state_shardings.params, s.frozen_shardings)
+    with s.context():
+      self._step = evaluate_lib.make_jitted_eval_step(s.model, merged_sh,
+                                                      sharding.batch_sharding(s.mesh))
+    self._bytes = evaluate_lib.byte_table(base.tokenizer, s.model.cfg.vocab_size)
+
+  def during_training(self, params, step, writer):
+    batches = fdata.eval_batches(self.arrays['val'], self.config.train.batch_size,
+                                 jax.process_index(), jax.process_count())
+    with self.s.context():
+      result = evaluate_lib.evaluate(self._step, _merged(self.s, params), batches, self._bytes,
+                                     lambda b: sharding.global_batch(b, self.s.mesh))
+    writer.write(step, 'eval', result)
+    log.info('eval step %d | held-out response loss %.4f | ppl %.2f', step, result['loss'],
+             result['perplexity'])
+    return result
+
+  def final(self, params, step, workdir, splits):
+    fc = self.config.finetune
+    result = {'step': step, 'val': self.during_training(params, step,
+                                                        metrics_lib.Writer(workdir, False))}
+    held_out = splits['test'] or splits['val']
+    if fc.num_generate:
+      held_out = held_out[:fc.num_generate]
+    tok = self.base.tokenizer
+    settings = generate_lib.Sampling.from_config(self.config.eval)
+    gen = generate_lib.Generator(self.s.model, _merged(self.s, params), settings, tok.eod_id,
+                                 tok.pad_id)
+    prompts = [fdata.prompt_of(r, fc) for r in held_out]
+    responses = []
+    batch = self.config.train.batch_size
+    for start in range(0, len(prompts), batch):
+      new = gen.generate([tok.encode(p) for p in prompts[start:start + batch]])
+      responses += [tok.decode([t for t in ids if t != tok.eod_id]) for ids in new]
+    if jax.process_index() == 0:
+      path = os.path.join(workdir, 'responses.jsonl')
+      with open(path, 'w', encoding='utf-8') as f:
+        for r, response in zip(held_out, responses):
+          f.write(json.dumps({'instruction': r.fields.get(fc.instruction_field),
+                              'input': r.fields.get(fc.input_field, ''),
+                              'reference': r.fields.get(fc.output_field),
+                              'response': response}) + '\n')
+      log.info('wrote %d held-out responses to %s', len(responses), path)
+    result['responses'] = len(responses)
+    return result
+
+
+def _write_json(path, payload):
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      json.dump(payload, f, indent=2)
+    log.info('wrote %s', path)
