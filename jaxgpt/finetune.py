@@ -202,6 +202,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.wait()
     ckpt.close()
     writer.close()
+  if int(state.step) < tc.steps:  # train.run_steps ended this invocation early
+    return {'step': int(state.step)}
   if jax.process_index() == 0:
     metrics_lib.plot_losses(os.path.join(workdir, 'metrics.jsonl'),
                             os.path.join(workdir, 'loss.png'))

@@ -71,3 +71,33 @@ def write_facts_corpus(directory, n_docs=30, seed=0):
     with open(os.path.join(directory, f'facts_{i:03d}.txt'), 'w') as fh:
       fh.write('\n'.join(lines) + '\n')
   return directory
+
+
+def write_classification_data(path, n=300, seed=0):
+  """Two classes told apart by their words: separable for any model that reads them."""
+  import json
+  rng = random.Random(seed)
+  words = {'pos': _WORDS[:8], 'neg': _WORDS[12:20]}
+  with open(path, 'w') as f:
+    for _ in range(n):
+      label = rng.choice(sorted(words))
+      text = ' '.join(rng.choice(words[label]) for _ in range(rng.randint(3, 6)))
+      f.write(json.dumps({'text': text, 'label': label}) + '\n')
+  return str(path)
+
+
+def write_instruction_data(path, n=200, seed=0):
+  """Alpaca-style records, with and without an input."""
+  import json
+  rng = random.Random(seed)
+  with open(path, 'w') as f:
+    for _ in range(n):
+      if rng.random() < 0.5:
+        w = rng.choice(_WORDS)
+        record = {'instruction': f'next after {w}',
+                  'output': _WORDS[(_WORDS.index(w) + 1) % len(_WORDS)]}
+      else:
+        a, b = rng.sample(_WORDS, 2)
+        record = {'instruction': 'join with a dash', 'input': f'{a} {b}', 'output': f'{a}-{b}'}
+      f.write(json.dumps(record) + '\n')
+  return str(path)

@@ -120,7 +120,7 @@ def label_names(train: list[Record], label_field: str) -> list[str]:
 def encode_classification(records, tokenizer, labels: list[str] | None, seq_len: int, fc) -> dict:
   """inputs_NxL (the first seq_len tokens), last_N (the last real token), labels_N (zeros
   when `labels` is None: texts to predict)."""
-  index = {name: i for i, name in enumerate(labels)}
+  index = {name: i for i, name in enumerate(labels or ())}
   n = len(records)
   inputs = np.full((n, seq_len), tokenizer.pad_id, np.int32)
   last, ids_N = np.zeros(n, np.int32), np.zeros(n, np.int32)
