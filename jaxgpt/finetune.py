@@ -15,12 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxgpt import checkpoint as checkpoint_lib
-from jaxgpt import evaluate as evaluate_lib
 from jaxgpt import faults
-from jaxgpt import generate as generate_lib
+from jaxgpt import finetune_eval
 from jaxgpt import lora
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
@@ -90,6 +88,8 @@ def _classify_loss(model):
 
 def make_setup(config, mesh, cfg, num_classes: int = 0) -> train.Setup:
   fc = config.finetune
+  if fc.task not in ('classify', 'instruct'):
+    raise UserError(f'finetune.task={fc.task!r}: use classify or instruct')
   if fc.task == 'classify':
     model = model_lib.Classifier(cfg, num_classes)
     is_trainable = lora.predicate(fc.trainable, cfg, fc.last_k, prefix=('backbone',))
@@ -157,6 +157,7 @@ def prepare(config, workdir, base: Base):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs (or resumes) the fine-tune in workdir; returns its final report."""
   fc, tc = config.finetune, config.train
   base = open_base(fc)
   config = with_base_model(config, base)
@@ -180,17 +181,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   data_iter = iter(pipeline.batch_loader(source, tc.batch_size, tc.seed, jax.process_index(),
                                          jax.process_count()))
   trainable, s.frozen = initial_params(config, s, base, tc.seed, fc.task == 'classify')
-  state = train.TrainState(jnp.zeros((), jnp.int32), trainable, None)
   with s.context():
     state = jax.jit(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, s.tx.init(p)),
-                    out_shardings=s.state_shardings)(state.params)
+                    out_shardings=s.state_shardings)(trainable)
   if latest is not None:
     faults.check_resumable(config, ckpt.restore_json(latest, 'config'), workdir)
     log.info('resuming from step %d', latest)
     state = ckpt.restore(latest, s.abstract_state, data_iter)
   writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0)
-  evaluator = (ClassifyEval if fc.task == 'classify' else InstructEval)(config, s, base, arrays,
-                                                                       labels)
+  evaluate_cls = (finetune_eval.ClassifyEval if fc.task == 'classify'
+                  else finetune_eval.InstructEval)
+  evaluator = evaluate_cls(config, s, base, arrays, labels)
   run_eval = lambda params, step: evaluator.during_training(params, step, writer)
   save = lambda step, st: ckpt.save(step, st, data_iter, config, base.tokenizer)
   try:
@@ -211,7 +212,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def _restore_finetuned(config, workdir: str, base: Base, labels=None):
-  """(Setup, merged params, step) of the latest checkpoint of the fine-tune in workdir."""
+  """(Setup with its frozen params, the trained params, step) of the latest checkpoint of
+  the fine-tune in workdir."""
   mesh = sharding.make_mesh(config.mesh)
   train.check_config(config, mesh)
   cfg = model_config(config, base.tokenizer)
@@ -245,7 +247,7 @@ def predict(config, workdir: str, input_file: str) -> list[dict]:
   config = with_base_model(config, base)
   s, params, step = _restore_finetuned(config, workdir, base, labels)
   arrays = fdata.encode_classification(records, base.tokenizer, None, config.model.seq_len, fc)
-  logits = ClassifyEval(config, s, base, {}, labels).predict(params, arrays)
+  logits = finetune_eval.ClassifyEval(config, s, base, {}, labels).predict(params, arrays)
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   out = [{'text': r.fields[fc.text_field], 'label': labels[int(p.argmax())],
@@ -286,109 +288,3 @@ def export(config, workdir: str) -> str:
   ckpt.close()
   log.info('wrote the merged model (step %d) to %s', step, out_dir)
   return out_dir
-
-
-def _merged(s: train.Setup, params):
-  return lora.merge(params, s.frozen) if s.frozen else params
-
-
-class ClassifyEval:
-  """Accuracy and loss on the validation split while training; a full report at the end."""
-
-  def __init__(self, config, s, base, arrays, labels):
-    self.config, self.s, self.arrays, self.labels = config, s, arrays, labels
-    replicated = NamedSharding(s.mesh, P())
-    merged_sh = lora.merge(s.state_shardings.params, s.frozen_shardings)
-    self._logits = jax.jit(
-        lambda p, b: s.model.apply({'params': p}, b['inputs'], b['last']),
-        in_shardings=(merged_sh, sharding.batch_sharding(s.mesh)), out_shardings=replicated)
-
-  def predict(self, params, arrays) -> np.ndarray:
-    """logits_NxC of every row of `arrays`."""
-    out, batch, merged = [], self.config.train.batch_size, _merged(self.s, params)
-    n = len(arrays['weights'])
-    with self.s.context():
-      for b in fdata.eval_batches(arrays, batch, jax.process_index(), jax.process_count()):
-        out.append(np.asarray(self._logits(merged, sharding.global_batch(b, self.s.mesh))))
-    return np.concatenate(out)[:n]
-
-  def during_training(self, params, step, writer):
-    logits = self.predict(params, self.arrays['val'])
-    result = evaluate_lib.classification_loss_and_accuracy(logits, self.arrays['val']['labels'])
-    writer.write(step, 'eval', result)
-    log.info('eval step %d | loss %.4f | accuracy %.4f', step, result['loss'], result['accuracy'])
-    return result
-
-  def final(self, params, step, workdir, splits):
-    report = {'step': step, 'labels': self.labels}
-    for name, arrays in self.arrays.items():
-      pred = self.predict(params, arrays).argmax(-1)
-      report[name] = evaluate_lib.classification_report(arrays['labels'], pred, self.labels)
-      log.info('%s: accuracy %.4f over %d (macro F1 %.4f)', name, report[name]['accuracy'],
-               len(pred), report[name]['macro_f1'])
-      if jax.process_index() == 0:
-        metrics_lib.plot_confusion(report[name]['confusion'], self.labels,
-                                   os.path.join(workdir, f'confusion-{name}.png'),
-                                   f'{name} split, step {step}')
-    _write_json(os.path.join(workdir, 'report.json'), report)
-    return report
-
-
-class InstructEval:
-  """Held-out loss on the response tokens while training; generated responses at the end."""
-
-  def __init__(self, config, s, base, arrays, labels):
-    del labels
-    self.config, self.s, self.base, self.arrays = config, s, base, arrays
-    merged_sh = lora.merge(s.state_shardings.params, s.frozen_shardings)
-    with s.context():
-      self._step = evaluate_lib.make_jitted_eval_step(s.model, merged_sh,
-                                                      sharding.batch_sharding(s.mesh))
-    self._bytes = evaluate_lib.byte_table(base.tokenizer, s.model.cfg.vocab_size)
-
-  def during_training(self, params, step, writer):
-    batches = fdata.eval_batches(self.arrays['val'], self.config.train.batch_size,
-                                 jax.process_index(), jax.process_count())
-    with self.s.context():
-      result = evaluate_lib.evaluate(self._step, _merged(self.s, params), batches, self._bytes,
-                                     lambda b: sharding.global_batch(b, self.s.mesh))
-    writer.write(step, 'eval', result)
-    log.info('eval step %d | held-out response loss %.4f | ppl %.2f', step, result['loss'],
-             result['perplexity'])
-    return result
-
-  def final(self, params, step, workdir, splits):
-    fc = self.config.finetune
-    result = {'step': step, 'val': self.during_training(params, step,
-                                                        metrics_lib.Writer(workdir, False))}
-    held_out = splits['test'] or splits['val']
-    if fc.num_generate:
-      held_out = held_out[:fc.num_generate]
-    tok = self.base.tokenizer
-    settings = generate_lib.Sampling.from_config(self.config.eval)
-    gen = generate_lib.Generator(self.s.model, _merged(self.s, params), settings, tok.eod_id,
-                                 tok.pad_id)
-    prompts = [fdata.prompt_of(r, fc) for r in held_out]
-    responses = []
-    batch = self.config.train.batch_size
-    for start in range(0, len(prompts), batch):
-      new = gen.generate([tok.encode(p) for p in prompts[start:start + batch]])
-      responses += [tok.decode([t for t in ids if t != tok.eod_id]) for ids in new]
-    if jax.process_index() == 0:
-      path = os.path.join(workdir, 'responses.jsonl')
-      with open(path, 'w', encoding='utf-8') as f:
-        for r, response in zip(held_out, responses):
-          f.write(json.dumps({'instruction': r.fields.get(fc.instruction_field),
-                              'input': r.fields.get(fc.input_field, ''),
-                              'reference': r.fields.get(fc.output_field),
-                              'response': response}) + '\n')
-      log.info('wrote %d held-out responses to %s', len(responses), path)
-    result['responses'] = len(responses)
-    return result
-
-
-def _write_json(path, payload):
-  if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(payload, f, indent=2)
-    log.info('wrote %s', path)
