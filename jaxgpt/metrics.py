@@ -19,9 +19,12 @@ from jaxgpt import model as model_lib
 log = logging.getLogger('jaxgpt')
 
 
-def flops_per_token(cfg: model_lib.ModelConfig) -> float:
+def flops_per_token(cfg: model_lib.ModelConfig, frozen: int = 0) -> float:
+  """6N + 12 * layers * width * seq_len (N without the position table). `frozen` params
+  get no weight gradients: 2 FLOPs per token fewer each (their forward and input
+  gradients still run)."""
   n = model_lib.param_count(cfg) - cfg.seq_len * cfg.d_model
-  return 6.0 * n + 12.0 * cfg.num_layers * cfg.d_model * cfg.seq_len
+  return 6.0 * n - 2.0 * frozen + 12.0 * cfg.num_layers * cfg.d_model * cfg.seq_len
 
 
 def measure_peak_flops(size: int = 1024, repeats: int = 5) -> float:

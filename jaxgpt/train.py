@@ -285,6 +285,13 @@ def make_evaluator(config, s: Setup, prepared, writer):
   return run_eval
 
 
+def _flops_per_token(s: Setup) -> float:
+  """Model FLOPs per token; a fine-tune's frozen params (bar the position table, which no
+  matmul reads) take no weight gradients."""
+  frozen = lora.split(s.frozen_abstract or {}, lambda path: path[-1] != 'pos_embed')[0]
+  return metrics_lib.flops_per_token(s.model.cfg, lora.count(frozen))
+
+
 def train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
   """Steps from state.step to train.steps (or run_steps more); logs, evaluates, saves."""
   tc, model_cfg = config.train, s.model.cfg
@@ -292,7 +299,7 @@ def train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
   peak = tc.peak_flops or metrics_lib.measure_peak_flops()
   step = last_saved = int(state.step)
   progress = metrics_lib.Progress(step, tc.steps, tokens_per_step,
-                                  metrics_lib.flops_per_token(model_cfg) * tokens_per_step,
+                                  _flops_per_token(s) * tokens_per_step,
                                   peak * s.mesh.size)
   end = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
   result, loss_sum, first_step = None, None, step + 1
