@@ -151,6 +151,12 @@ def prepare(config, workdir, base: Base):
     return splits, arrays, labels
   splits = fdata.split_records(fc, fc.instruction_field)
   examples = {k: fdata.instruction_examples(v, tok, fc) for k, v in splits.items() if v}
+  for name, split in examples.items():
+    cut = sum(len(p) + len(r) > seq_len + 1 for p, r in split)
+    if cut:
+      log.warning('%d of %d %s examples are longer than model.seq_len=%d tokens and are cut '
+                  'at the end (their responses lose their last tokens)', cut, len(split),
+                  name, seq_len)
   arrays = {k: fdata.encode_instructions(v, seq_len, tok.pad_id, fc.packed and k == 'train')
             for k, v in examples.items()}
   return splits, arrays, None
