@@ -33,7 +33,7 @@ log = logging.getLogger('jaxgpt')
 
 @dataclasses.dataclass
 class Base:
-  """The pretrained run: its config, tokenizer and how to read its params."""
+  """The pretrained run: where it is, the step used, its saved config and its tokenizer."""
   workdir: str
   step: int
   config: dict
