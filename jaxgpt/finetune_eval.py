@@ -15,6 +15,7 @@ from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding
 from jaxgpt import train
 from jaxgpt.data import finetune_data as fdata
+from jaxgpt.data import pipeline
 
 log = logging.getLogger('jaxgpt')
 
@@ -39,7 +40,9 @@ class ClassifyEval:
     out, batch, merged = [], self.config.train.batch_size, _merged(self.s, params)
     n = len(arrays['weights'])
     with self.s.context():
-      for b in fdata.eval_batches(arrays, batch, jax.process_index(), jax.process_count()):
+      for b in pipeline.ordered_batches(fdata.ArraySource(arrays, 'predict'), batch,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count()):
         out.append(np.asarray(self._logits(merged, sharding.global_batch(b, self.s.mesh))))
     return np.concatenate(out)[:n]
 
@@ -78,8 +81,10 @@ class InstructEval:
     self._bytes = evaluate_lib.byte_table(base.tokenizer, s.model.cfg.vocab_size)
 
   def during_training(self, params, step, writer):
-    batches = fdata.eval_batches(self.arrays['val'], self.config.train.batch_size,
-                                 jax.process_index(), jax.process_count())
+    batches = pipeline.ordered_batches(fdata.ArraySource(self.arrays['val'], 'val'),
+                                       self.config.train.batch_size,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count())
     with self.s.context():
       result = evaluate_lib.evaluate(self._step, _merged(self.s, params), batches, self._bytes,
                                      lambda b: sharding.global_batch(b, self.s.mesh))

@@ -217,17 +217,3 @@ class ArraySource(grain.sources.RandomAccessDataSource):
 
   def __repr__(self):  # grain checks a restored iterator against it
     return f'ArraySource({self.name}, rows={self._len}, keys={sorted(self.arrays)})'
-
-
-def eval_batches(arrays: dict, global_batch: int, process_index=0, process_count=1):
-  """All rows in order, the last batch padded with zero weights; this process's rows."""
-  n = len(arrays['weights'])
-  local = global_batch // process_count
-  for start in range(0, n, global_batch):
-    idx = np.arange(start, start + global_batch)
-    real = idx < n
-    idx = np.where(real, idx, 0)[process_index * local:(process_index + 1) * local]
-    batch = {k: v[idx] for k, v in arrays.items()}
-    keep = real[process_index * local:(process_index + 1) * local]
-    batch['weights'] = batch['weights'] * keep.reshape(-1, *[1] * (batch['weights'].ndim - 1))
-    yield batch

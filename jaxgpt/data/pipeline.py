@@ -251,6 +251,13 @@ def eval_batches(prepared: Prepared, seq_len: int, global_batch: int, max_batche
   if len(source) == 0:
     raise UserError(f'the validation split holds fewer than {seq_len + 1} tokens; raise '
                     'data.val_fraction or lower model.seq_len')
+  return ordered_batches(source, global_batch, max_batches, process_index, process_count)
+
+
+def ordered_batches(source, global_batch: int, max_batches: int = 0, process_index: int = 0,
+                    process_count: int = 1):
+  """A source's rows in order, this process's part of each global batch; the last batch is
+  padded with copies of row 0 that carry zero weights."""
   n_batches = -(-len(source) // global_batch)
   if max_batches:
     n_batches = min(n_batches, max_batches)
