@@ -64,7 +64,7 @@ class ClassifyEval:
         metrics_lib.plot_confusion(report[name]['confusion'], self.labels,
                                    os.path.join(workdir, f'confusion-{name}.png'),
                                    f'{name} split, step {step}')
-    _write_json(os.path.join(workdir, 'report.json'), report)
+    metrics_lib.write_json(os.path.join(workdir, 'report.json'), report)
     return report
 
 
@@ -121,10 +121,3 @@ class InstructEval:
       log.info('wrote %d held-out responses to %s', len(responses), path)
     result['responses'] = len(responses)
     return result
-
-
-def _write_json(path, payload):
-  if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(payload, f, indent=2)
-    log.info('wrote %s', path)

@@ -35,17 +35,9 @@ def _restore(config, workdir: str, step: int | None, devices):
   tokenizer = checkpoint_lib.load_tokenizer(ckpt, step)
   model_cfg = model_lib.ModelConfig.from_config(config.model, tokenizer.vocab_size)
   s = train.setup(config, model_cfg, mesh)
-  state = ckpt.restore(step, s.abstract_state)
+  params = ckpt.restore_params(step, s.abstract_state.params)  # no optimizer moments
   ckpt.close()
-  return s, state.params, tokenizer, step
-
-
-def _write_json(workdir, name, result):
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, name)
-    with open(path, 'w') as f:
-      json.dump(result, f, indent=2)
-    log.info('wrote %s', path)
+  return s, params, tokenizer, step
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None) -> dict:
@@ -61,7 +53,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=N
   if tasks:
     scorer = tasks_lib.Scorer(s.model, params, config.train.batch_size)
     result['tasks'] = {t['name']: tasks_lib.evaluate(scorer, tokenizer, t) for t in tasks}
-  _write_json(workdir, f'eval-step{step}.json', result)
+  metrics_lib.write_json(os.path.join(workdir, f'eval-step{step}.json'), result)
   return result
 
 

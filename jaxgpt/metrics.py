@@ -47,6 +47,14 @@ def _format_seconds(s: float) -> str:
   return f'{s // 60}:{s % 60:02d}'
 
 
+def write_json(path: str, payload):
+  """A result file, written by process 0 only."""
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      json.dump(payload, f, indent=2)
+    log.info('wrote %s', path)
+
+
 class Writer:
   """Writes metrics from process 0 only; the other processes keep quiet."""
 
