@@ -14,7 +14,6 @@ gets it right when greedy decoding would produce every token of that word.
 
 Each accuracy comes with its standard error over examples, sqrt(p (1 - p) / (n - 1)).
 """
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt import sharding
+from jaxgpt.data import records
 from jaxgpt.errors import UserError
 
 log = logging.getLogger('jaxgpt')
@@ -81,22 +81,12 @@ def _cloze_example(record: dict, where: str) -> dict:
 
 def load(path: str) -> dict:
   """{'name', 'kind', 'examples'}; the kind is cloze when lines have only "text"."""
-  if not os.path.isfile(path):
-    raise UserError(f'task file {path} does not exist; eval.tasks lists JSONL files')
   examples, kind = [], None
-  with open(path, encoding='utf-8') as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f'{path}:{n}'
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f'{where} is not JSON ({e.msg}); tasks are JSON Lines') from None
-      if not isinstance(record, dict):
-        raise UserError(f'{where}: each line must be a JSON object')
-      kind = kind or ('cloze' if set(record) <= {'text', 'id', 'domain'} else 'choice')
-      examples.append((_cloze_example if kind == 'cloze' else _choice_example)(record, where))
+  for record in records.read_records(path):
+    fields = record.fields
+    kind = kind or ('cloze' if set(fields) <= {'text', 'id', 'domain'} else 'choice')
+    examples.append((_cloze_example if kind == 'cloze' else _choice_example)(fields,
+                                                                             record.where))
   if not examples:
     raise UserError(f'task file {path} has no examples')
   name = os.path.splitext(os.path.basename(path))[0]
