@@ -13,8 +13,10 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+from flax import traverse_util
 
 from jaxgpt import checkpoint as checkpoint_lib
 from jaxgpt import faults
@@ -123,14 +125,10 @@ def initial_params(config, s: train.Setup, base: Base, seed: int, classify: bool
     pretrained = {'backbone': pretrained}
   full = lora.merge(fresh, pretrained)
   trainable_sh = s.state_shardings.params
-  trainable, frozen = lora.split(full, lambda path: path in _paths(trainable_sh))
+  trainable_paths = set(traverse_util.flatten_dict(trainable_sh))
+  trainable, frozen = lora.split(full, lambda path: path in trainable_paths)
   put = lambda tree, sh: jax.tree.map(jax.device_put, tree, sh)
   return put(trainable, trainable_sh), put(frozen, s.frozen_shardings)
-
-
-def _paths(tree) -> set:
-  from flax import traverse_util
-  return set(traverse_util.flatten_dict(tree))
 
 
 def prepare(config, workdir, base: Base):
@@ -287,7 +285,6 @@ def export(config, workdir: str) -> str:
                     out_shardings=plain.state_shardings)(full)
   out_dir = os.path.join(workdir, 'merged')
   ckpt = checkpoint_lib.Checkpointer(out_dir, async_save=False)
-  import ml_collections
   ckpt.save(step, state, None, ml_collections.ConfigDict(base.config), base.tokenizer,
             force=True)
   ckpt.wait()

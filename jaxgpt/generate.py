@@ -56,8 +56,9 @@ def sample_logits(logits_BxV, rng, s: Sampling):
   return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
-def _bucket(n: int, cap: int) -> int:
-  """Prefill lengths round up to a power of two: few compilations, little padding."""
+def bucket_length(n: int, cap: int) -> int:
+  """Lengths round up to a power of two (at least 8, at most cap): few compilations of a
+  jitted function of padded rows, little padding."""
   return min(cap, max(8, 1 << (n - 1).bit_length()))
 
 
@@ -99,9 +100,9 @@ class Generator:
 
     cond = lambda carry: (carry[0] < steps) & ~carry[4].all()
     out_BxS = jnp.full((token_B.shape[0], self.seq_len), self.pad_id, jnp.int32)
-    i, _, _, _, done_B, out_BxS = jax.lax.while_loop(
+    i, _, _, _, _, out_BxS = jax.lax.while_loop(
         cond, body, (jnp.int32(0), token_B, cache, lengths_B, done_B, out_BxS))
-    return out_BxS, done_B, i
+    return out_BxS, i
 
   def _forward_fn(self, params, tokens_BxL, last_B, index):
     logits_BxLxV = self.model.apply({'params': params}, tokens_BxL)
@@ -128,10 +129,10 @@ class Generator:
       # Leave room for the rest of the budget, or half the context, whichever is less.
       contexts = [s[-(S - min(budget, S // 2)):] for s in seqs]
       longest = max(map(len, contexts))
-      tokens_BxP, lengths_B = self._padded(contexts, _bucket(longest, S))
+      tokens_BxP, lengths_B = self._padded(contexts, bucket_length(longest, S))
       token_B, cache = self._prefill(self.params, tokens_BxP, lengths_B, index)
       steps = min(budget, S - longest)
-      out_BxS, _, n = self._decode(self.params, cache, lengths_B, token_B, self._global(done),
+      out_BxS, n = self._decode(self.params, cache, lengths_B, token_B, self._global(done),
                                    index, steps)
       out_BxS, n = np.asarray(out_BxS), int(n)
       for b in np.flatnonzero(~done):

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgpt import generate as generate_lib
 from jaxgpt import sharding
 from jaxgpt.data import records
 from jaxgpt.errors import UserError
@@ -129,7 +130,7 @@ class Scorer:
       # Inputs are the sequence minus its last token; the continuation is always kept, the
       # context cut from the left to fit the window.
       rows = [(c + x)[-(self.seq_len + 1):] for c, x in chunk]
-      width = min(self.seq_len, max(8, 1 << (max(map(len, rows)) - 2).bit_length()))
+      width = generate_lib.bucket_length(max(map(len, rows)) - 1, self.seq_len)
       arrays = np.zeros((3, self.batch_size, width), np.int32)
       for b, ((_, cont), row) in enumerate(zip(chunk, rows)):
         n = len(row) - 1
