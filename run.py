@@ -2,15 +2,19 @@
 
 Any config field can be overridden: --config.train.steps=200 --config.model.dtype=bfloat16.
 """
-import json
-import logging
-import sys
+from jaxgpt import hugepages
 
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
+hugepages.ensure()  # re-executes once, before jax loads: huge pages for XLA:CPU's buffers
 
-from jaxgpt.errors import UserError
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxgpt.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -12,6 +12,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jaxgpt import hugepages  # noqa: E402
+
+hugepages.ensure()  # before jax loads; see jaxgpt/hugepages.py
+
 from benchmarks import common  # noqa: E402
 from jaxgpt import plan  # noqa: E402
 

@@ -17,6 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jaxgpt import hugepages  # noqa: E402
+
+hugepages.ensure()  # before jax loads; see jaxgpt/hugepages.py
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 

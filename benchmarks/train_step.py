@@ -11,6 +11,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jaxgpt import hugepages  # noqa: E402
+
+hugepages.ensure()  # before jax loads; see jaxgpt/hugepages.py
+
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
@@ -52,10 +56,12 @@ def main():
   parser.add_argument('--json', default=os.path.join(os.path.dirname(__file__), 'train_step.json'))
   args = parser.parse_args()
   peak = common.matmul_peak()
-  print(f'float32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({jax.devices()[0].device_kind})')
+  print(f'float32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({jax.devices()[0].device_kind}); '
+        f'malloc huge pages: {"on" if hugepages.active() else "off"}')
   rows = [measure(name, shape, args.repeats, peak) for name, shape in CONFIGS.items()]
   common.print_table(rows, ['config', 'step_ms', 'tokens_per_s', 'mfu_pct', 'gflop_per_step'])
-  common.write_json(args.json, {'peak_flops': peak, 'rows': rows})
+  common.write_json(args.json, {'peak_flops': peak, 'hugepages': hugepages.active(),
+                                'rows': rows})
 
 
 if __name__ == '__main__':
