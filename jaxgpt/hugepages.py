@@ -36,15 +36,29 @@ def supported() -> bool:
     return False
 
 
+def _hugetlb_setting() -> str | None:
+  """The value of glibc.malloc.hugetlb in GLIBC_TUNABLES, None where it is not given."""
+  for item in os.environ.get('GLIBC_TUNABLES', '').split(':'):
+    name, _, value = item.partition('=')
+    if name == 'glibc.malloc.hugetlb':
+      return value
+  return None
+
+
 def active() -> bool:
-  return 'glibc.malloc.hugetlb=' in os.environ.get('GLIBC_TUNABLES', '')
+  """Whether this process's malloc was started asking for huge pages."""
+  return _hugetlb_setting() in ('1', '2')
 
 
 def ensure():
-  """Re-executes this Python process, as it was invoked, with the tunable, unless it is
-  set, unsupported, or JAXGPT_HUGEPAGES=0. Call it first thing in a script, before jax is
-  imported: nothing the process did before is kept."""
-  if os.environ.get('JAXGPT_HUGEPAGES', '1') == '0' or active() or not supported():
+  """Re-executes this Python process, as it was invoked, with the tunable.
+
+  It does nothing where the user gave glibc.malloc.hugetlb a value already, where the
+  tunable is unsupported, or with JAXGPT_HUGEPAGES=0. Call it first thing in a script,
+  before jax is imported: nothing the process did before is kept.
+  """
+  if (os.environ.get('JAXGPT_HUGEPAGES', '1') == '0' or _hugetlb_setting() is not None
+      or not supported() or not sys.executable):  # embedded: nothing to re-execute
     return
   env = dict(os.environ)
   env['GLIBC_TUNABLES'] = ':'.join(filter(None, [env.get('GLIBC_TUNABLES'), TUNABLE]))

@@ -44,9 +44,11 @@ def test_reexec_sets_tunable_keeps_arguments_and_cuts_page_faults():
   on = _probe()
   off = _probe(JAXGPT_HUGEPAGES='0')
   kept = _probe(GLIBC_TUNABLES='glibc.malloc.arena_max=2')
+  user_off = _probe(GLIBC_TUNABLES='glibc.malloc.hugetlb=0')
   assert on['tunables'] == hugepages.TUNABLE and on['argv'] == ['first', '--second=2']
   assert off['tunables'] == ''
   assert kept['tunables'] == f'glibc.malloc.arena_max=2:{hugepages.TUNABLE}'
+  assert user_off['tunables'] == 'glibc.malloc.hugetlb=0'  # the user's choice stands
   # 4 calls x ~128 MiB is ~130,000 4 KiB pages without the tunable.
   assert off['faults'] > 20_000
   assert on['faults'] < off['faults'] / 10, (on, off)
