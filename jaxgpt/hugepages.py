@@ -3,9 +3,9 @@
 XLA:CPU allocates a step's temporaries afresh on every call, and glibc serves blocks that
 large with a new mmap each time, so the kernel zero-fills every 4 KiB page on first touch:
 on the medium train-step benchmark (6 layers, width 384, 4096 tokens) that was ~383,000
-page faults and 0.7-1.2 s of system time per step, out of ~1.9 s. glibc (2.35 and later)
-can ask for 2 MiB transparent huge pages on its mmaps (`glibc.malloc.hugetlb=1`), which
-cuts the faults ~400-fold; the step ran in ~1.3 s. The tunable is read only when a process
+page faults and 0.7-1.2 s of system time per step. glibc (2.35 and later) can ask for
+2 MiB transparent huge pages on its mmaps (`glibc.malloc.hugetlb=1`): ~1,000 faults, and
+the step went from 2.0-2.2 s to 1.2-1.3 s. The tunable is read only when a process
 starts, so `ensure()` re-executes the process once with it set.
 
 Set JAXGPT_HUGEPAGES=0 to leave the process alone.
