@@ -257,12 +257,8 @@ def predict(config, workdir: str, input_file: str) -> list[dict]:
   out = [{'text': r.fields[fc.text_field], 'label': labels[int(p.argmax())],
           'probabilities': {name: round(float(x), 4) for name, x in zip(labels, p)}}
          for r, p in zip(records, probs)]
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, 'predictions.jsonl')
-    with open(path, 'w', encoding='utf-8') as f:
-      for row in out:
-        f.write(json.dumps({**row, 'step': step}) + '\n')
-    log.info('wrote %d predictions to %s', len(out), path)
+  metrics_lib.write_jsonl(os.path.join(workdir, 'predictions.jsonl'),
+                          [{**row, 'step': step} for row in out])
   return out
 
 

@@ -1,6 +1,5 @@
 """What a fine-tune reports: classification accuracy and per-class metrics, or held-out
 response loss and generated responses."""
-import json
 import logging
 import os
 
@@ -110,14 +109,9 @@ class InstructEval:
     for start in range(0, len(prompts), batch):
       new = gen.generate([tok.encode(p) for p in prompts[start:start + batch]])
       responses += [tok.decode([t for t in ids if t != tok.eod_id]) for ids in new]
-    if jax.process_index() == 0:
-      path = os.path.join(workdir, 'responses.jsonl')
-      with open(path, 'w', encoding='utf-8') as f:
-        for r, response in zip(held_out, responses):
-          f.write(json.dumps({'instruction': r.fields.get(fc.instruction_field),
-                              'input': r.fields.get(fc.input_field, ''),
-                              'reference': r.fields.get(fc.output_field),
-                              'response': response}) + '\n')
-      log.info('wrote %d held-out responses to %s', len(responses), path)
+    metrics_lib.write_jsonl(os.path.join(workdir, 'responses.jsonl'), [
+        {'instruction': r.fields.get(fc.instruction_field),
+         'input': r.fields.get(fc.input_field, ''), 'reference': r.fields.get(fc.output_field),
+         'response': response} for r, response in zip(held_out, responses)])
     result['responses'] = len(responses)
     return result

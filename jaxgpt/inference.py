@@ -9,8 +9,6 @@ import json
 import logging
 import os
 
-import jax
-
 from jaxgpt import checkpoint as checkpoint_lib
 from jaxgpt import generate as generate_lib
 from jaxgpt import metrics as metrics_lib
@@ -97,10 +95,6 @@ def sample_checkpoint(config, workdir: str, prompts: list[str], step: int | None
       records.append({'prompt': prompt, 'completion': tokenizer.decode(ids[:len(ids) - ended]),
                       'new_tokens': len(ids), 'stopped_at_eod': ended})
     log.info('sampled %d of %d prompts', len(records), len(prompts))
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, f'samples-step{step}.jsonl')
-    with open(path, 'w', encoding='utf-8') as f:
-      for r in records:
-        f.write(json.dumps({**r, 'step': step, **dataclasses.asdict(settings)}) + '\n')
-    log.info('wrote %s', path)
+  metrics_lib.write_jsonl(os.path.join(workdir, f'samples-step{step}.jsonl'),
+                          [{**r, 'step': step, **dataclasses.asdict(settings)} for r in records])
   return records

@@ -16,10 +16,6 @@ from jaxgpt.errors import UserError
 TRAINABLE = ('head', 'last_k', 'all', 'lora')
 
 
-def _path_key(path: tuple) -> str:
-  return '/'.join(str(p) for p in path)
-
-
 def predicate(trainable: str, cfg: model_lib.ModelConfig, last_k: int = 1, prefix=()):
   """is_trainable(path) for a param path of the model (its decoder under `prefix`)."""
   if trainable not in TRAINABLE:

@@ -55,6 +55,15 @@ def write_json(path: str, payload):
     log.info('wrote %s', path)
 
 
+def write_jsonl(path: str, rows: list[dict]):
+  """One JSON object per line (predictions, samples, responses), by process 0 only."""
+  if jax.process_index() == 0:
+    with open(path, 'w', encoding='utf-8') as f:
+      for row in rows:
+        f.write(json.dumps(row) + '\n')
+    log.info('wrote %d records to %s', len(rows), path)
+
+
 class Writer:
   """Writes metrics from process 0 only; the other processes keep quiet."""
 
