@@ -79,7 +79,6 @@ class ModelConfig:
                attention_block=m.attention_block, init_std=m.init_std)
 
 
-
 def _divisor_near(width, heads):
   divisors = [h for h in range(1, width + 1) if width % h == 0]
   return min(divisors, key=lambda h: abs(h - heads))
