@@ -42,6 +42,7 @@ class ModelConfig:
   scan_layers: bool = False
   remat: str = 'none'
   attention_block: int = 0
+  loss_chunks: int = 1
   init_std: float = 0.02
   lora_rank: int = 0  # > 0: low-rank adapters beside the kernels of the dense layers named in
   lora_alpha: float = 16.0  # lora_targets, scaled by alpha / rank
@@ -72,11 +73,15 @@ class ModelConfig:
     if m.attention_block and m.seq_len % m.attention_block:
       raise UserError(f'model.attention_block={m.attention_block} does not divide '
                       f'model.seq_len={m.seq_len}; use a divisor or 0')
+    if not 1 <= m.loss_chunks <= m.seq_len:
+      raise UserError(f'model.loss_chunks={m.loss_chunks}: use 1 to model.seq_len='
+                      f'{m.seq_len} chunks (1: all positions at once)')
     return cls(vocab_size=vocab, seq_len=m.seq_len, num_layers=m.num_layers,
                num_heads=m.num_heads, d_model=m.d_model, mlp_dim=m.mlp_dim or 4 * m.d_model,
                dropout=m.dropout, use_bias=m.use_bias, tie_embeddings=m.tie_embeddings,
                dtype=m.dtype, scan_layers=m.scan_layers, remat=m.remat,
-               attention_block=m.attention_block, init_std=m.init_std)
+               attention_block=m.attention_block, loss_chunks=m.loss_chunks,
+               init_std=m.init_std)
 
 
 def _divisor_near(width, heads):
@@ -315,6 +320,12 @@ class Transformer(nn.Module):
     logits_BxLxV = logits_BxLxV.astype(jnp.float32)
     logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))
     return logits_BxLxV if cache is None else (logits_BxLxV, cache)
+
+
+def output_table(cfg: ModelConfig, params) -> jax.Array:
+  """The (V, D) table whose product with the final states gives `Transformer`'s logits:
+  the token embedding when tied, else the head's kernel transposed."""
+  return params['tok_embed'] if cfg.tie_embeddings else params['head']['kernel'].T
 
 
 class Classifier(nn.Module):

@@ -21,6 +21,7 @@ from jaxgpt import evaluate as evaluate_lib
 from jaxgpt import faults
 from jaxgpt import generate as generate_lib
 from jaxgpt import lora
+from jaxgpt import loss as loss_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
 from jaxgpt import optim
@@ -122,12 +123,14 @@ def setup(config, model_cfg: model_lib.ModelConfig, mesh, model=None, is_trainab
 
 def loss_sums(model, params, batch, rng, deterministic):
   """Summed next-token loss over the batch's weights; packed rows carry segments and
-  positions."""
-  logits_BxLxV = model.apply({'params': params}, batch['inputs'], deterministic=deterministic,
-                             segments_BxL=batch.get('segments'),
-                             positions_BxL=batch.get('positions'), rngs={'dropout': rng})
-  nll_BxL = evaluate_lib.token_nll(logits_BxLxV, batch['targets'])
-  return (nll_BxL * batch['weights']).sum(), batch['weights'].sum()
+  positions. The logits are made `model.cfg.loss_chunks` chunks at a time (loss.py)."""
+  h_BxLxD = model.apply({'params': params}, batch['inputs'], deterministic=deterministic,
+                        segments_BxL=batch.get('segments'), positions_BxL=batch.get('positions'),
+                        hidden=True, rngs={'dropout': rng})
+  cfg = model.cfg
+  nll = loss_lib.nll_sum(h_BxLxD, model_lib.output_table(cfg, params), batch['targets'],
+                         batch['weights'], cfg.loss_chunks, cfg.dtype)
+  return nll, batch['weights'].sum()
 
 
 def lm_loss(model):
