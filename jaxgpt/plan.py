@@ -103,6 +103,7 @@ def plan(config, topology: str, device_memory_gb: float = 0.0) -> dict:
       'device_memory': capacity,
       'flops_per_device': {'model': metrics_lib.flops_per_token(model_cfg) * tokens / len(devices)},
       'peak_flops_per_device': peak, 'collectives': {}, 'scan_layers': model_cfg.scan_layers,
+      'loss_chunks': model_cfg.loss_chunks,
   }
   try:
     compiled = compile_train_step(config, s)
@@ -140,8 +141,10 @@ def table(r: dict) -> str:
   if 'xla' in flops:
     rows.append(('FLOPs / step / device', f"XLA {flops['xla']:.3e}, model {flops['model']:.3e} "
                                            f"(x{flops['xla'] / max(flops['model'], 1):.2f})"))
-    if r['scan_layers']:
-      rows.append(('', "XLA's count has one pass of the scanned layer loop's body"))
+    loops = (['the scanned layers'] if r['scan_layers'] else []) + (
+        [f"the loss's {r['loss_chunks']} chunks"] if r.get('loss_chunks', 1) > 1 else [])
+    if loops:
+      rows.append(('', f"XLA's count has one pass of each loop: {' and '.join(loops)}"))
   else:
     rows.append(('FLOPs / step / device', f"model {flops['model']:.3e} (XLA: not compiled, "
                                            'the program does not fit)'))

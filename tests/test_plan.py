@@ -33,6 +33,8 @@ def test_fsdp_shards_params_and_optimizer_state(corpus_dir):
   assert 'all-gather' not in replicated['collectives']
   assert report['flops_per_device']['xla'] == pytest.approx(
       report['flops_per_device']['model'], rel=0.25)
+  # The loss's chunk loop is counted once; the table says so.
+  assert "one pass of each loop: the loss's 8 chunks" in plan.table(report)
 
 
 def test_does_not_fit_a_small_device(corpus_dir):
