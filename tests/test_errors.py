@@ -75,6 +75,14 @@ def test_heads_that_do_not_divide_width(corpus_dir, tmp_path):
   _fails(c, tmp_path, r'num_heads=5 does not divide model.d_model=32')
 
 
+
+@pytest.mark.parametrize('chunks', [0, 33])
+def test_loss_chunks_out_of_range(corpus_dir, tmp_path, chunks):
+  c = tiny_config(corpus_dir)
+  c.model.loss_chunks = chunks
+  _fails(c, tmp_path, rf'model.loss_chunks={chunks}: use 1 to model.seq_len=32 chunks')
+
+
 def _run(*args):
   return subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
