@@ -48,12 +48,13 @@ def check_finite(first_bad, last_saved):
                     '--config.train.skip_nonfinite=True to skip such updates')
 
 
-# Fields a resumed run may change: how it reports and saves, and where it runs.
+# Fields a resumed run may change: how it reports and saves, where it runs, and how its
+# loss is chunked (memory only; runs saved before that field existed resume too).
 RESUMABLE_CHANGES = ('train.run_steps', 'train.log_every', 'train.eval_every',
                      'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints',
                      'train.async_checkpoints', 'train.peak_flops', 'train.skip_nonfinite',
                      'train.allow_config_change', 'data.cache_dir', 'data.skip_bad_files',
-                     'eval.', 'mesh.')
+                     'eval.', 'mesh.', 'model.loss_chunks')
 
 
 def _flatten(tree, prefix=''):
