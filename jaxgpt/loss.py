@@ -51,11 +51,10 @@ _nll_sum.defvjp(_fwd, _bwd)
 def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
   """One chunk's weighted loss sum, its gradient for h and its (D, V) gradient for the table.
 
-  The products run on (B*Q, D) operands, which XLA's CPU backend runs faster than (B, Q, D).
+  `table_VxD` comes already in the compute dtype. The products run on (B*Q, D) operands, which XLA's CPU backend runs faster than (B, Q, D).
   """
   vocab, d = table_VxD.shape
   h_MxD = h_BxQxD.reshape(-1, d).astype(dtype)
-  table_VxD = table_VxD.astype(dtype)
   logits_MxV = jnp.einsum('md,vd->mv', h_MxD, table_VxD, preferred_element_type=jnp.float32)
   logits_BxQxV = nn.with_logical_constraint(logits_MxV.reshape(*h_BxQxD.shape[:2], vocab),
                                             LOGITS_AXES)
@@ -88,9 +87,12 @@ def _loss_and_grads(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype)
   # scan of length 1 too: inlined into the step, XLA's CPU backend ran it 1.4x slower.
   split = lambda x: x.reshape(b, chunks, -1, *x.shape[2:]).swapaxes(0, 1)
 
+  compute_table_VxD = table_VxD.astype(dtype)  # cast once, not once per chunk
+
   def body(acc, xs):
     h_BxQxD, targets_BxQ, weights_BxQ = xs
-    loss, dh_BxQxD, dtable_DxV = _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype)
+    loss, dh_BxQxD, dtable_DxV = _chunk(h_BxQxD, compute_table_VxD, targets_BxQ, weights_BxQ,
+                                        dtype)
     return (acc[0] + loss, acc[1] + dtable_DxV), dh_BxQxD
 
   zeros = (jnp.float32(0), jnp.zeros((d, table_VxD.shape[0]), jnp.float32))

@@ -142,7 +142,7 @@ def table(r: dict) -> str:
     rows.append(('FLOPs / step / device', f"XLA {flops['xla']:.3e}, model {flops['model']:.3e} "
                                            f"(x{flops['xla'] / max(flops['model'], 1):.2f})"))
     loops = (['the scanned layers'] if r['scan_layers'] else []) + (
-        [f"the loss's {r['loss_chunks']} chunks"] if r.get('loss_chunks', 1) > 1 else [])
+        [f"the loss's {r['loss_chunks']} chunks"] if r['loss_chunks'] > 1 else [])
     if loops:
       rows.append(('', f"XLA's count has one pass of each loop: {' and '.join(loops)}"))
   else:
