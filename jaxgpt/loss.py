@@ -51,7 +51,8 @@ _nll_sum.defvjp(_fwd, _bwd)
 def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
   """One chunk's weighted loss sum, its gradient for h and its (D, V) gradient for the table.
 
-  `table_VxD` comes already in the compute dtype. The products run on (B*Q, D) operands, which XLA's CPU backend runs faster than (B, Q, D).
+  `table_VxD` comes already in the compute dtype. The products run on (B*Q, D) operands,
+  which XLA's CPU backend runs faster than (B, Q, D).
   """
   vocab, d = table_VxD.shape
   h_MxD = h_BxQxD.reshape(-1, d).astype(dtype)
