@@ -61,7 +61,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.scan_layers = False  # nn.scan over blocks: compile time flat in depth
   m.remat = 'none'  # 'none', 'full', 'dots', 'dots_no_batch': what backward recomputes
   m.attention_block = 0  # query block size for causal attention (0: one full block)
-  m.loss_chunks = 8  # training loss: logits in this many chunks of positions (less memory)
+  m.loss_chunks = 8  # train and eval loss: logits in this many chunks of positions (less memory)
   m.init_std = 0.02
   return m
 

@@ -8,20 +8,18 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-
-def token_nll(logits_BxLxV, targets_BxL):
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
+from jaxgpt import loss as loss_lib
 
 
 def make_eval_step(model):
   def eval_step(params, batch, byte_table_V):
-    logits_BxLxV = model.apply({'params': params}, batch['inputs'], deterministic=True)
+    # The train step's loss, chunked the same way: evaluation's logits take no more
+    # memory than training's.
+    nll = loss_lib.lm_nll_sum(model, params, batch, deterministic=True)
     weights_BxL = batch['weights']
-    nll_BxL = token_nll(logits_BxLxV, batch['targets'])
-    return {'nll': (nll_BxL * weights_BxL).sum(), 'tokens': weights_BxL.sum(),
+    return {'nll': nll, 'tokens': weights_BxL.sum(),
             'bytes': (byte_table_V[batch['targets']] * weights_BxL).sum()}
   return eval_step
 

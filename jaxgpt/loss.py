@@ -11,6 +11,7 @@ the loss is a weighted sum, the last thing before the scalar: the backward pass 
 scales them by the incoming cotangent. The three products are those of the plain loss,
 so no FLOPs are added. On this repository's CPU the step runs at the same speed as with
 whole logits; a tiny model with an 8k vocabulary needs 1/4 of the temporaries at C = 8.
+Evaluation takes the same loss without a gradient: a chunk's logits and its loss only.
 """
 import functools
 
@@ -18,25 +19,42 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgpt import model as model_lib
+
 LOGITS_AXES = ('batch', 'length', 'vocab')
+
+
+def lm_nll_sum(model, params, batch, deterministic: bool = True, rng=None):
+  """The model's summed next-token loss over `batch`'s weights, `model.cfg.loss_chunks`
+  chunks at a time. Packed rows carry segments and positions. Training and evaluation
+  both use it, so evaluation never needs more memory for logits than a train step."""
+  h_BxLxD = model.apply({'params': params}, batch['inputs'], deterministic=deterministic,
+                        segments_BxL=batch.get('segments'), positions_BxL=batch.get('positions'),
+                        hidden=True, rngs=None if rng is None else {'dropout': rng})
+  cfg = model.cfg
+  return nll_sum(h_BxLxD, model_lib.output_table(cfg, params), batch['targets'],
+                 batch['weights'], cfg.loss_chunks, cfg.dtype)
 
 
 def nll_sum(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks: int = 1, dtype=jnp.float32):
   """Sum over positions of weights * -log softmax(h table^T)[target], in float32.
 
-  The products run in `dtype` with float32 results; the softmax is float32.
+  The products run in `dtype` with float32 results; the softmax is float32. Called
+  without a gradient (evaluation), only the loss is made; under `jax.grad` the chunks
+  also make their gradients (below).
   """
   return _nll_sum(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, jnp.dtype(dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _nll_sum(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype):
-  return _loss_and_grads(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype)[0]
+  return _over_chunks(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype,
+                      grads=False)[0]
 
 
 def _fwd(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype):
-  loss, dh_BxLxD, dtable_VxD = _loss_and_grads(h_BxLxD, table_VxD, targets_BxL, weights_BxL,
-                                               chunks, dtype)
+  loss, dh_BxLxD, dtable_VxD = _over_chunks(h_BxLxD, table_VxD, targets_BxL, weights_BxL,
+                                            chunks, dtype, grads=True)
   return loss, (dh_BxLxD, dtable_VxD)
 
 
@@ -48,8 +66,8 @@ def _bwd(chunks, dtype, residuals, g):
 _nll_sum.defvjp(_fwd, _bwd)
 
 
-def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
-  """One chunk's weighted loss sum, its gradient for h and its (D, V) gradient for the table.
+def _chunk_loss(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
+  """One chunk's weighted loss sum, and the pieces its gradients are made from.
 
   `table_VxD` comes already in the compute dtype. The products run on (B*Q, D) operands,
   which XLA's CPU backend runs faster than (B, Q, D).
@@ -65,6 +83,14 @@ def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
   onehot_BxQxV = jax.nn.one_hot(targets_BxQ, vocab, dtype=jnp.float32)
   target_BxQ = (logits_BxQxV * onehot_BxQxV).sum(axis=-1)
   loss = ((lse_BxQx1[..., 0] - target_BxQ) * weights_BxQ).sum()
+  return loss, (h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV)
+
+
+def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
+  """One chunk's weighted loss sum, its gradient for h and its (D, V) gradient for the table."""
+  loss, (h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV) = _chunk_loss(
+      h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype)
+  vocab = table_VxD.shape[0]
   # d loss / d logits = weights * (softmax - onehot), the softmax made again from the
   # logits rather than kept from the sum above: one (B, Q, V) array fewer.
   dlogits_BxQxV = (jnp.exp(logits_BxQxV - lse_BxQx1) - onehot_BxQxV) * weights_BxQ[..., None]
@@ -75,7 +101,8 @@ def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
   return loss, dh_MxD.reshape(h_BxQxD.shape), dtable_DxV
 
 
-def _loss_and_grads(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype):
+def _over_chunks(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype, grads: bool):
+  """(loss,) or, with `grads`, (loss, dh, dtable): the chunks' sums, in a scan."""
   b, length, d = h_BxLxD.shape
   weights_BxL = weights_BxL.astype(jnp.float32)
   # A length that chunks do not divide is padded with zero-weight positions, which add
@@ -87,17 +114,23 @@ def _loss_and_grads(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype)
   # Chunks split the length axis, so each keeps the batch's sharding. One chunk runs as a
   # scan of length 1 too: inlined into the step, XLA's CPU backend ran it 1.4x slower.
   split = lambda x: x.reshape(b, chunks, -1, *x.shape[2:]).swapaxes(0, 1)
-
+  xs = (split(h_BxLxD), split(targets_BxL), split(weights_BxL))
   compute_table_VxD = table_VxD.astype(dtype)  # cast once, not once per chunk
 
-  def body(acc, xs):
-    h_BxQxD, targets_BxQ, weights_BxQ = xs
+  if not grads:
+    def loss_body(total, chunk):
+      h_BxQxD, targets_BxQ, weights_BxQ = chunk
+      loss, _ = _chunk_loss(h_BxQxD, compute_table_VxD, targets_BxQ, weights_BxQ, dtype)
+      return total + loss, None
+    return (jax.lax.scan(loss_body, jnp.float32(0), xs)[0],)
+
+  def body(acc, chunk):
+    h_BxQxD, targets_BxQ, weights_BxQ = chunk
     loss, dh_BxQxD, dtable_DxV = _chunk(h_BxQxD, compute_table_VxD, targets_BxQ, weights_BxQ,
                                         dtype)
     return (acc[0] + loss, acc[1] + dtable_DxV), dh_BxQxD
 
   zeros = (jnp.float32(0), jnp.zeros((d, table_VxD.shape[0]), jnp.float32))
-  (loss, dtable_DxV), dh_CxBxQxD = jax.lax.scan(
-      body, zeros, (split(h_BxLxD), split(targets_BxL), split(weights_BxL)))
+  (loss, dtable_DxV), dh_CxBxQxD = jax.lax.scan(body, zeros, xs)
   dh_BxLxD = dh_CxBxQxD.swapaxes(0, 1).reshape(b, length + pad, d)[:, :length]
   return loss, dh_BxLxD.astype(h_BxLxD.dtype), dtable_DxV.T.astype(table_VxD.dtype)

@@ -122,14 +122,8 @@ def setup(config, model_cfg: model_lib.ModelConfig, mesh, model=None, is_trainab
 
 
 def loss_sums(model, params, batch, rng, deterministic):
-  """Summed next-token loss over the batch's weights; packed rows carry segments and
-  positions. The logits are made `model.cfg.loss_chunks` chunks at a time (loss.py)."""
-  h_BxLxD = model.apply({'params': params}, batch['inputs'], deterministic=deterministic,
-                        segments_BxL=batch.get('segments'), positions_BxL=batch.get('positions'),
-                        hidden=True, rngs={'dropout': rng})
-  cfg = model.cfg
-  nll = loss_lib.nll_sum(h_BxLxD, model_lib.output_table(cfg, params), batch['targets'],
-                         batch['weights'], cfg.loss_chunks, cfg.dtype)
+  """Summed next-token loss over the batch's weights, and the weights' sum (loss.py)."""
+  nll = loss_lib.lm_nll_sum(model, params, batch, deterministic, rng)
   return nll, batch['weights'].sum()
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxgpt import evaluate
 from jaxgpt import loss
 from jaxgpt import model as model_lib
 from jaxgpt import plan
@@ -41,6 +42,9 @@ def test_value_and_gradients_match_the_plain_loss(chunks):
   np.testing.assert_allclose(dtable, 2.5 * want_dtable, rtol=1e-4, atol=1e-6)
   # Zero-weight positions get no gradient.
   assert not np.any(np.asarray(dh)[np.asarray(weights) == 0])
+  # Without a gradient (evaluation) only the loss is made; the value is the same.
+  alone = jax.jit(lambda h, t: loss.nll_sum(h, t, targets, weights, chunks))(h, table)
+  np.testing.assert_allclose(alone, want, rtol=1e-5)
 
 
 def test_bfloat16_products_stay_close():
@@ -51,18 +55,54 @@ def test_bfloat16_products_stay_close():
   np.testing.assert_allclose(got, want, rtol=2e-2)
 
 
-def _temp_bytes(corpus_dir, chunks):
+def _setup(corpus_dir, chunks):
   c = tiny_config(corpus_dir)
   c.model.seq_len, c.model.loss_chunks = 64, chunks
   c.train.batch_size = 8
   c.mesh.shape.data = 1
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
-  s = train.setup(c, model_lib.ModelConfig.from_config(c.model, 8192), mesh)
-  return plan.compile_train_step(c, s).memory_analysis().temp_size_in_bytes
+  return c, train.setup(c, model_lib.ModelConfig.from_config(c.model, 8192), mesh)
+
+
+def _batch(vocab=8192):
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, vocab, (8, 65), dtype=np.int32)
+  return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
+          'weights': np.ones((8, 64), np.float32)}
+
+
+def _eval_step(s):
+  with s.context():
+    return evaluate.make_jitted_eval_step(s.model, s.state_shardings.params,
+                                          sharding.batch_sharding(s.mesh))
+
+
+# With an 8k vocabulary the (B, L, V) logits are the step's largest arrays: 16 MiB here.
+LOGITS_BYTES = 8 * 64 * 8192 * 4
 
 
 def test_chunks_shrink_the_steps_memory(corpus_dir):
-  # With an 8k vocabulary the (B, L, V) logits are the step's largest arrays: 16 MiB here.
-  logits_bytes = 8 * 64 * 8192 * 4
-  one, eight = _temp_bytes(corpus_dir, 1), _temp_bytes(corpus_dir, 8)
-  assert one - eight > logits_bytes, (one, eight)
+  temp = lambda chunks: plan.compile_train_step(
+      *_setup(corpus_dir, chunks)).memory_analysis().temp_size_in_bytes
+  one, eight = temp(1), temp(8)
+  assert one - eight > LOGITS_BYTES, (one, eight)
+
+
+def test_evaluation_takes_the_chunked_loss(corpus_dir):
+  """The eval step's summed loss is the plain loss of the model's logits, and in 8 chunks
+  its temporaries drop by more than the logits' size, as the train step's do."""
+  batch, byte_table_V = _batch(), jnp.ones((8192,), jnp.float32)
+  temps = {}
+  for chunks in (1, 8):
+    _, s = _setup(corpus_dir, chunks)
+    params = s.init_state(0).params
+    step = _eval_step(s)
+    with s.context():
+      got = step(params, batch, byte_table_V)
+      temps[chunks] = step.lower(params, batch, byte_table_V).compile().memory_analysis() \
+          .temp_size_in_bytes
+    logits_BxLxV = s.model.apply({'params': params}, batch['inputs'])
+    want = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch['targets']).sum()
+    np.testing.assert_allclose(got['nll'], want, rtol=1e-5)
+    assert float(got['tokens']) == float(got['bytes']) == 8 * 64
+  assert temps[1] - temps[8] > LOGITS_BYTES, temps
