@@ -48,13 +48,17 @@ def check_finite(first_bad, last_saved):
                     '--config.train.skip_nonfinite=True to skip such updates')
 
 
-# Fields a resumed run may change: how it reports and saves, where it runs, and how its
-# loss is chunked (memory only; runs saved before that field existed resume too).
+# Fields a resumed run may change: how it reports and saves, where it runs, and the knobs
+# that trade memory for time without changing the params or the loss (up to rounding), so
+# a run that ran out of memory resumes with more remat, micro-batches or loss chunks.
+# (Micro-batches also draw dropout's masks per micro-batch.) Runs saved before
+# model.loss_chunks existed resume too.
 RESUMABLE_CHANGES = ('train.run_steps', 'train.log_every', 'train.eval_every',
                      'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints',
                      'train.async_checkpoints', 'train.peak_flops', 'train.skip_nonfinite',
                      'train.allow_config_change', 'data.cache_dir', 'data.skip_bad_files',
-                     'eval.', 'mesh.', 'model.loss_chunks')
+                     'eval.', 'mesh.', 'model.loss_chunks', 'model.remat',
+                     'model.attention_block', 'train.micro_batches')
 
 
 def _flatten(tree, prefix=''):

@@ -57,7 +57,7 @@ def test_resuming_under_another_config_is_refused(corpus_dir, tmp_path):
   train.train_and_evaluate(tiny_config(corpus_dir, steps=4, run_steps=2), str(tmp_path))
   changed = tiny_config(corpus_dir, steps=4)
   changed.optim.lr, changed.model.dropout = 5e-3, 0.1
-  changed.model.loss_chunks = 4  # memory only: not a different run, so not named below
+  _with_other_memory_knobs(changed)  # not a different run, so not named below
   with pytest.raises(UserError) as err:
     train.train_and_evaluate(changed, str(tmp_path))
   assert 'holds a run with a different config (model.dropout: 0.0 -> 0.1; optim.lr: 0.002 ' \
@@ -65,6 +65,24 @@ def test_resuming_under_another_config_is_refused(corpus_dir, tmp_path):
   assert '--config.train.allow_config_change=True' in str(err.value)
   changed.train.allow_config_change = True
   assert train.train_and_evaluate(changed, str(tmp_path))['step'] == 4
+
+
+def _with_other_memory_knobs(config):
+  config.model.loss_chunks, config.model.remat, config.model.attention_block = 4, 'full', 4
+  config.train.micro_batches = 2  # 4 rows each, so on a mesh with 4-way data parallelism
+  config.mesh.shape.data, config.mesh.shape.tensor = 4, 2
+  return config
+
+
+def test_resuming_with_other_memory_knobs_continues_the_run(corpus_dir, tmp_path):
+  whole = train.train_and_evaluate(tiny_config(corpus_dir, steps=4), str(tmp_path / 'whole'))
+  resumed_dir = str(tmp_path / 'resumed')
+  train.train_and_evaluate(tiny_config(corpus_dir, steps=4, run_steps=2), resumed_dir)
+  resumed = train.train_and_evaluate(_with_other_memory_knobs(tiny_config(corpus_dir, steps=4)),
+                                     resumed_dir)
+  assert resumed['step'] == 4
+  # The same run: remat, attention blocks, micro-batches and loss chunks change only rounding.
+  np.testing.assert_allclose(resumed['loss'], whole['loss'], rtol=1e-4)
 
 
 def _run(corpus_dir, workdir, *flags):
