@@ -66,8 +66,8 @@ def _bwd(chunks, dtype, residuals, g):
 _nll_sum.defvjp(_fwd, _bwd)
 
 
-def _chunk_loss(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
-  """One chunk's weighted loss sum, and the pieces its gradients are made from.
+def _chunk_logits(h_BxQxD, table_VxD, targets_BxQ, dtype):
+  """One chunk's logits, their logsumexp and one-hot targets, and each position's target logit.
 
   `table_VxD` comes already in the compute dtype. The products run on (B*Q, D) operands,
   which XLA's CPU backend runs faster than (B, Q, D).
@@ -82,6 +82,13 @@ def _chunk_loss(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
   # an indexed gather would collect the logits on one device.
   onehot_BxQxV = jax.nn.one_hot(targets_BxQ, vocab, dtype=jnp.float32)
   target_BxQ = (logits_BxQxV * onehot_BxQxV).sum(axis=-1)
+  return h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV, target_BxQ
+
+
+def _chunk_loss(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
+  """One chunk's weighted loss sum, and the pieces its gradients are made from."""
+  h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV, target_BxQ = _chunk_logits(
+      h_BxQxD, table_VxD, targets_BxQ, dtype)
   loss = ((lse_BxQx1[..., 0] - target_BxQ) * weights_BxQ).sum()
   return loss, (h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV)
 
@@ -101,20 +108,47 @@ def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
   return loss, dh_MxD.reshape(h_BxQxD.shape), dtable_DxV
 
 
+def token_logp(h_BxLxD, table_VxD, targets_BxL, chunks: int = 1, dtype=jnp.float32):
+  """Each position's log-probability of its target, and whether the target is the most
+  likely token there (a tie counts), from logits made a chunk of positions at a time."""
+  xs = _split(chunks, h_BxLxD, targets_BxL)
+  compute_table_VxD = table_VxD.astype(dtype)
+
+  def body(_, chunk):
+    h_BxQxD, targets_BxQ = chunk
+    _, logits_BxQxV, lse_BxQx1, _, target_BxQ = _chunk_logits(h_BxQxD, compute_table_VxD,
+                                                               targets_BxQ, dtype)
+    greedy_BxQ = target_BxQ >= logits_BxQxV.max(axis=-1)
+    return None, (target_BxQ - lse_BxQx1[..., 0], greedy_BxQ)
+
+  _, (logp_CxBxQ, greedy_CxBxQ) = jax.lax.scan(body, None, xs)
+  length = h_BxLxD.shape[1]
+  return _join(logp_CxBxQ, length), _join(greedy_CxBxQ, length)
+
+
+def _split(chunks, *xs_BxL):
+  """Each (B, L, ...) array as (C, B, Q, ...) chunks of positions. A length that chunks do
+  not divide is padded with zeros: zero-weight positions, which add nothing to a loss or a
+  gradient. Chunks split the length axis, so each keeps the batch's sharding."""
+  pad = -xs_BxL[0].shape[1] % chunks
+  pad_fn = lambda x: jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+  split = lambda x: x.reshape(x.shape[0], chunks, -1, *x.shape[2:]).swapaxes(0, 1)
+  return tuple(split(pad_fn(x) if pad else x) for x in xs_BxL)
+
+
+def _join(x_CxBxQ, length):
+  """The inverse of `_split`: (B, L, ...) without the padding."""
+  x_BxCxQ = x_CxBxQ.swapaxes(0, 1)
+  return x_BxCxQ.reshape(x_BxCxQ.shape[0], -1, *x_BxCxQ.shape[3:])[:, :length]
+
+
 def _over_chunks(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype, grads: bool):
-  """(loss,) or, with `grads`, (loss, dh, dtable): the chunks' sums, in a scan."""
-  b, length, d = h_BxLxD.shape
-  weights_BxL = weights_BxL.astype(jnp.float32)
-  # A length that chunks do not divide is padded with zero-weight positions, which add
-  # nothing to the loss or the gradients.
-  pad = -length % chunks
-  if pad:
-    pad_fn = lambda x: jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
-    h_BxLxD, targets_BxL, weights_BxL = map(pad_fn, (h_BxLxD, targets_BxL, weights_BxL))
-  # Chunks split the length axis, so each keeps the batch's sharding. One chunk runs as a
-  # scan of length 1 too: inlined into the step, XLA's CPU backend ran it 1.4x slower.
-  split = lambda x: x.reshape(b, chunks, -1, *x.shape[2:]).swapaxes(0, 1)
-  xs = (split(h_BxLxD), split(targets_BxL), split(weights_BxL))
+  """(loss,) or, with `grads`, (loss, dh, dtable): the chunks' sums, in a scan.
+
+  One chunk runs as a scan of length 1 too: inlined into the step, XLA's CPU backend ran
+  it 1.4x slower.
+  """
+  xs = _split(chunks, h_BxLxD, targets_BxL, weights_BxL.astype(jnp.float32))
   compute_table_VxD = table_VxD.astype(dtype)  # cast once, not once per chunk
 
   if not grads:
@@ -130,7 +164,7 @@ def _over_chunks(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype, gr
                                         dtype)
     return (acc[0] + loss, acc[1] + dtable_DxV), dh_BxQxD
 
-  zeros = (jnp.float32(0), jnp.zeros((d, table_VxD.shape[0]), jnp.float32))
+  zeros = (jnp.float32(0), jnp.zeros(table_VxD.shape[::-1], jnp.float32))
   (loss, dtable_DxV), dh_CxBxQxD = jax.lax.scan(body, zeros, xs)
-  dh_BxLxD = dh_CxBxQxD.swapaxes(0, 1).reshape(b, length + pad, d)[:, :length]
+  dh_BxLxD = _join(dh_CxBxQxD, h_BxLxD.shape[1])
   return loss, dh_BxLxD.astype(h_BxLxD.dtype), dtable_DxV.T.astype(table_VxD.dtype)

@@ -21,10 +21,11 @@ import string
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt import generate as generate_lib
+from jaxgpt import loss as loss_lib
+from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt.data import records
 from jaxgpt.errors import UserError
@@ -108,19 +109,26 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 class Scorer:
-  """score(pairs) -> (summed log-prob, greedy?) of each continuation after its context."""
+  """score(pairs) -> (summed log-prob, greedy?) of each continuation after its context.
+
+  Rows are split over the mesh's batch axes, and the logits are made
+  `model.cfg.loss_chunks` chunks of positions at a time (loss.py), as in training.
+  """
 
   def __init__(self, model, params, batch_size: int):
-    self.model, self.params, self.batch_size = model, params, batch_size
+    self.model, self.params = model, params
     self.seq_len = model.cfg.seq_len
-    self.replicated = sharding.replicated_like(jax.tree.leaves(params)[0].sharding)
+    param_sharding = jax.tree.leaves(params)[0].sharding
+    self.rows, shards = sharding.rows_like(param_sharding)
+    self.batch_size = -(-batch_size // shards) * shards  # padding rows score nothing
+    self.replicated = sharding.replicated_like(param_sharding)
     self._score = jax.jit(self._score_fn, out_shardings=self.replicated)
 
   def _score_fn(self, params, inputs_BxL, targets_BxL, mask_BxL):
-    logits_BxLxV = self.model.apply({'params': params}, inputs_BxL)
-    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-    logp_BxL = jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-    greedy_BxL = logits_BxLxV.argmax(axis=-1) == targets_BxL
+    cfg = self.model.cfg
+    h_BxLxD = self.model.apply({'params': params}, inputs_BxL, hidden=True)
+    logp_BxL, greedy_BxL = loss_lib.token_logp(h_BxLxD, model_lib.output_table(cfg, params),
+                                               targets_BxL, cfg.loss_chunks, cfg.dtype)
     return (logp_BxL * mask_BxL).sum(axis=-1), (greedy_BxL | (mask_BxL == 0)).all(axis=-1)
 
   def score(self, pairs: list[tuple[list[int], list[int]]]) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +144,8 @@ class Scorer:
         n = len(row) - 1
         arrays[0, b, :n], arrays[1, b, :n] = row[:-1], row[1:]
         arrays[2, b, max(0, n - len(cont)):n] = 1
-      put = lambda x: jax.make_array_from_process_local_data(self.replicated, x)
+      # Every process holds all rows; each device takes its own.
+      put = lambda x: jax.make_array_from_callback(x.shape, self.rows, lambda i: x[i])
       lp, gr = self._score(self.params, *map(put, arrays))
       logps.append(np.asarray(lp)[:len(chunk)])
       greedy.append(np.asarray(gr)[:len(chunk)])

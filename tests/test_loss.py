@@ -47,6 +47,19 @@ def test_value_and_gradients_match_the_plain_loss(chunks):
   np.testing.assert_allclose(alone, want, rtol=1e-5)
 
 
+@pytest.mark.parametrize('chunks', [1, 5])
+def test_token_logp_matches_log_softmax_and_argmax(chunks):
+  h, table, targets, _ = _inputs()
+  logits_BxLxV = h @ table.T
+  want = jnp.take_along_axis(jax.nn.log_softmax(logits_BxLxV), targets[..., None], -1)[..., 0]
+  scores = jax.jit(lambda h, t, y: loss.token_logp(h, t, y, chunks))
+  logp, greedy = scores(h, table, targets)
+  np.testing.assert_allclose(logp, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(greedy, logits_BxLxV.argmax(-1) == targets)
+  # With the argmax as targets every position is greedy.
+  assert np.asarray(scores(h, table, logits_BxLxV.argmax(-1))[1]).all()
+
+
 def test_bfloat16_products_stay_close():
   h, table, targets, weights = _inputs(1)
   want = _plain(h, table, targets, weights)

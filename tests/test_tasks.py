@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from jaxgpt import inference, tasks, train
+from jaxgpt import inference, sharding, tasks, train
 from jaxgpt import model as model_lib
 from jaxgpt.errors import UserError
 from tests.helpers import FACTS, tiny_config, write_facts_corpus
@@ -64,17 +65,27 @@ def test_bad_task_lines_are_named(tmp_path, line, message):
     tasks.load(str(tmp_path / 'missing.jsonl'))
 
 
-def test_scores_equal_a_direct_forward_of_each_sequence():
+@pytest.mark.parametrize('chunks, on_mesh', [(1, False), (3, True)])
+def test_scores_equal_a_direct_forward_of_each_sequence(chunks, on_mesh):
+  """Whole logits on one device; or in 3 chunks of positions (which divide no bucket
+  width), with params on an 8-device mesh whose batch axes split the 4 rows, made 8."""
   cfg = model_lib.ModelConfig(vocab_size=64, seq_len=16, num_layers=2, num_heads=2, d_model=16,
-                              mlp_dim=32)
+                              mlp_dim=32, loss_chunks=chunks)
   m = model_lib.Transformer(cfg)
   params = nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))['params'])
-  params = jax.device_put(params)
+  if on_mesh:
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2, 1), sharding.MESH_AXES,
+                axis_types=(AxisType.Auto,) * 3)
+    params = jax.device_put(params, NamedSharding(mesh, P()))
+  else:
+    params = jax.device_put(params)
   rng = np.random.default_rng(0)
   # Lengths from 2 to 30 tokens: the longest are cut from the left to the window.
   pairs = [(rng.integers(3, 64, rng.integers(1, 20)).tolist(),
             rng.integers(3, 64, rng.integers(1, 11)).tolist()) for _ in range(11)]
-  logp, greedy = tasks.Scorer(m, params, batch_size=4).score(pairs)
+  scorer = tasks.Scorer(m, params, batch_size=4)
+  assert scorer.batch_size == (8 if on_mesh else 4)
+  logp, greedy = scorer.score(pairs)
   for (context, cont), lp, gr in zip(pairs, logp, greedy):
     row = (context + cont)[-(cfg.seq_len + 1):]
     logits = m.apply({'params': params}, jnp.asarray([row[:-1]]))[0]
