@@ -83,7 +83,7 @@ def rows_like(sharding) -> tuple[NamedSharding, int]:
 
 def replicated_like(sharding) -> NamedSharding:
   """Replicated over the devices that hold an array: where host inputs to a jitted
-  function of that array (sampling, scoring) go."""
+  function of that array (sampling) and its outputs that every process reads go."""
   if isinstance(sharding, NamedSharding):
     return NamedSharding(sharding.mesh, P())
   devices = np.array(sorted(sharding.device_set, key=lambda d: d.id))
