@@ -11,7 +11,8 @@ the loss is a weighted sum, the last thing before the scalar: the backward pass 
 scales them by the incoming cotangent. The three products are those of the plain loss,
 so no FLOPs are added. On this repository's CPU the step runs at the same speed as with
 whole logits; a tiny model with an 8k vocabulary needs 1/4 of the temporaries at C = 8.
-Evaluation takes the same loss without a gradient: a chunk's logits and its loss only.
+Evaluation takes the same loss without a gradient (a chunk's logits and its loss only),
+and task scoring each position's log-probability of its target (`token_logp`).
 """
 import functools
 
