@@ -11,7 +11,7 @@ from jaxgpt import model as model_lib
 from jaxgpt import plan
 from jaxgpt import sharding
 from jaxgpt import train
-from tests.helpers import tiny_config
+from tests.helpers import random_batch, tiny_config
 
 B, L, D, V = 4, 12, 16, 40
 
@@ -77,13 +77,6 @@ def _setup(corpus_dir, chunks):
   return c, train.setup(c, model_lib.ModelConfig.from_config(c.model, 8192), mesh)
 
 
-def _batch(vocab=8192):
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, vocab, (8, 65), dtype=np.int32)
-  return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-          'weights': np.ones((8, 64), np.float32)}
-
-
 def _eval_step(s):
   with s.context():
     return evaluate.make_jitted_eval_step(s.model, s.state_shardings.params,
@@ -104,10 +97,11 @@ def test_chunks_shrink_the_steps_memory(corpus_dir):
 def test_evaluation_takes_the_chunked_loss(corpus_dir):
   """The eval step's summed loss is the plain loss of the model's logits, and in 8 chunks
   its temporaries drop by more than the logits' size, as the train step's do."""
-  batch, byte_table_V = _batch(), jnp.ones((8192,), jnp.float32)
+  byte_table_V = jnp.ones((8192,), jnp.float32)
   temps = {}
   for chunks in (1, 8):
-    _, s = _setup(corpus_dir, chunks)
+    c, s = _setup(corpus_dir, chunks)
+    batch = random_batch(c, 8192)
     params = s.init_state(0).params
     step = _eval_step(s)
     with s.context():

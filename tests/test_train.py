@@ -8,15 +8,7 @@ from configs import mesh as mesh_presets
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt import train
-from tests.helpers import tiny_config
-
-
-def _batch(config, vocab, seed=0):
-  rng = np.random.default_rng(seed)
-  b, length = config.train.batch_size, config.model.seq_len
-  tokens = rng.integers(3, vocab, (b, length + 1), dtype=np.int32)
-  return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-          'weights': np.ones((b, length), np.float32)}
+from tests.helpers import random_batch, tiny_config
 
 
 def _losses(config, shape, steps=3, batches=None):
@@ -32,7 +24,7 @@ def _losses(config, shape, steps=3, batches=None):
     step = train.jit_train_step(s, config)
     losses = []
     for i in range(steps):
-      batch = batches[i] if batches else _batch(config, 300, i)
+      batch = batches[i] if batches else random_batch(config, 300, i)
       state, metrics = step(state, sharding.global_batch(batch, mesh))
       losses.append(float(metrics['loss']))
   return losses, jax.device_get(state.params)
@@ -60,7 +52,7 @@ def test_overfits_one_small_batch(corpus_dir):
   config.optim.lr = config.optim.min_lr = 3e-3  # constant after warmup
   config.optim.warmup_steps, config.optim.weight_decay = 5, 0.0
   config.train.steps = 150
-  batch = _batch(config, 300)
+  batch = random_batch(config, 300)
   losses, _ = _losses(config, (8, 1, 1), steps=150, batches=[batch] * 150)
   assert losses[0] > 5.0  # about log(384) at init
   assert losses[-1] < 0.1, losses[-10:]
