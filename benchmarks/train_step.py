@@ -1,11 +1,16 @@
 """Train-step throughput and MFU on this machine, float32.
 
     python benchmarks/train_step.py [--repeats=10] [--json=benchmarks/train_step.json]
+        [--without_attention]
 
 MFU counts 6N + 12 * layers * width * seq_len FLOPs per token (N: params less the
 position table) against the float32 matmul peak measured in the same run. This machine's
 speed drifts by 10-20% over minutes (it is shared), so the peak is measured right before
 and right after each config's steps and the larger of the two is the denominator.
+
+`--without_attention` adds a row for the medium model with attention swapped for an
+elementwise stand-in while its FLOPs are still counted: the most MFU that any attention
+kernel could give this step.
 """
 import argparse
 import os
@@ -20,6 +25,7 @@ hugepages.ensure()  # before jax loads; see jaxgpt/hugepages.py
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from jaxgpt import attention  # noqa: E402
 from jaxgpt import metrics  # noqa: E402
 from jaxgpt import sharding  # noqa: E402
 from jaxgpt import train  # noqa: E402
@@ -62,10 +68,17 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--json', default=os.path.join(os.path.dirname(__file__), 'train_step.json'))
+  parser.add_argument('--without_attention', action='store_true')
   args = parser.parse_args()
   print(f'device: {jax.devices()[0].device_kind}; malloc huge pages: '
         f'{"on" if hugepages.active() else "off"}')
   rows = [measure(name, shape, args.repeats) for name, shape in CONFIGS.items()]
+  if args.without_attention:
+    # model.py looks attention.causal up when it traces, so the swap reaches only the
+    # steps compiled after it. v + q * k keeps gradients flowing to all three.
+    attention.causal = lambda q, k, v, block, dropout_fn, segments_BxL=None: v + q * k
+    name = 'medium 6L/384w/256t'
+    rows.append(measure(name + ', no attention', CONFIGS[name], args.repeats))
   common.print_table(rows, ['config', 'step_ms', 'tokens_per_s', 'peak_gflop_s', 'mfu_pct',
                             'gflop_per_step'])
   common.write_json(args.json, {'hugepages': hugepages.active(), 'rows': rows})
