@@ -32,6 +32,7 @@ def setup(config, devices=None):
 
 
 def random_batch(config, vocab, seed=0):
+  """A batch of config's shape: random token ids from 3 (past the special ids), all weighted."""
   rng = np.random.default_rng(seed)
   b, length = config.train.batch_size, config.model.seq_len
   tokens = rng.integers(3, vocab, (b, length + 1), dtype=np.int32)

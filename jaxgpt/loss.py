@@ -162,4 +162,3 @@ def _join(x_CxBxQ, length):
   """The inverse of `_split`: (B, L, ...) without the padding."""
   x_BxCxQ = x_CxBxQ.swapaxes(0, 1)
   return x_BxCxQ.reshape(x_BxCxQ.shape[0], -1, *x_BxCxQ.shape[3:])[:, :length]
-

@@ -3,8 +3,6 @@ the multi-process workers can use them too."""
 import os
 import random
 
-import numpy as np
-
 from experiments import default
 
 _WORDS = ('alpha beta gamma delta value result index count total item name data node '
@@ -27,15 +25,6 @@ def write_corpus(directory, n_docs=40, seed=0):
     with open(os.path.join(directory, f'doc_{i:03d}.py'), 'w') as fh:
       fh.write(''.join(lines))
   return directory
-
-
-def random_batch(config, vocab, seed=0):
-  """A batch of config's shape: random token ids from 3 (past the special ids), all weighted."""
-  rng = np.random.default_rng(seed)
-  b, length = config.train.batch_size, config.model.seq_len
-  tokens = rng.integers(3, vocab, (b, length + 1), dtype=np.int32)
-  return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-          'weights': np.ones((b, length), np.float32)}
 
 
 def tiny_config(corpus_dir, **train):

@@ -75,7 +75,6 @@ def test_heads_that_do_not_divide_width(corpus_dir, tmp_path):
   _fails(c, tmp_path, r'num_heads=5 does not divide model.d_model=32')
 
 
-
 @pytest.mark.parametrize('chunks', [0, 33])
 def test_loss_chunks_out_of_range(corpus_dir, tmp_path, chunks):
   c = tiny_config(corpus_dir)

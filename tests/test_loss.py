@@ -5,13 +5,14 @@ import numpy as np
 import optax
 import pytest
 
+from benchmarks.common import random_batch
 from jaxgpt import evaluate
 from jaxgpt import loss
 from jaxgpt import model as model_lib
 from jaxgpt import plan
 from jaxgpt import sharding
 from jaxgpt import train
-from tests.helpers import random_batch, tiny_config
+from tests.helpers import tiny_config
 
 B, L, D, V = 4, 12, 16, 40
 

@@ -4,11 +4,12 @@ import os
 import jax
 import numpy as np
 
+from benchmarks.common import random_batch
 from configs import mesh as mesh_presets
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt import train
-from tests.helpers import random_batch, tiny_config
+from tests.helpers import tiny_config
 
 
 def _losses(config, shape, steps=3, batches=None):
