@@ -35,8 +35,11 @@ def _exit_on_unknown_key(parse):
 _exit_on_unknown_key(lambda: config_flags.DEFINE_config_file(
     'config', 'experiments/default.py', 'Experiment config file[:arg].', lock_config=True))
 flags.DEFINE_string('workdir', None, 'Run directory: data, checkpoints, metrics, samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'plan', 'predict', 'export'],
-                  'train: train (or resume) and evaluate. eval: evaluate a checkpoint of the '
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'prepare', 'eval', 'sample', 'plan', 'predict', 'export'],
+                  'train: train (or resume) and evaluate. prepare: build the token store '
+                  '(here, or submitted to Slurm with --config.data.prep.executor=slurm) and '
+                  'stop. eval: evaluate a checkpoint of the '
                   'run in --workdir on this machine\'s devices (loss and config.eval.tasks). '
                   'sample: continue prompts with a checkpoint (KV-cache decoding). plan: '
                   'compile the train step for --topology and report memory, FLOPs and '
@@ -69,6 +72,8 @@ def main(argv):
   # Our progress at INFO; the libraries' (orbax logs every save) at WARNING.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger('jaxgpt').setLevel(logging.INFO)
+  if FLAGS.mode == 'prepare':
+    return _prepare()
   import jax
   if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:'):
     # Must happen before jax starts its CPU backend.
@@ -114,6 +119,20 @@ def main(argv):
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+
+
+def _prepare():
+  from jaxgpt.data import pipeline
+  try:
+    prepared = pipeline.prepare(FLAGS.config.data, FLAGS.workdir)
+  except pipeline.Submitted as e:
+    print(e)
+    return
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(f"token store: {prepared.directory} ({prepared.manifest['tokens']['train']:,} training "
+        f"tokens); data card: {prepared.directory}/card.md")
 
 
 def _plan():

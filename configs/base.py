@@ -13,18 +13,31 @@ from configs import mesh as mesh_presets
 def data_config() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
   # Where documents come from: 'stdlib' (the interpreter's standard-library .py files, no
-  # network), 'files' (text files, directories, globs, .jsonl) or 'tfds' (a TFDS dataset).
+  # network), 'files' (text files; .jsonl, .jsonl.gz, .jsonl.zst and .parquet shards;
+  # directories and globs) or 'tfds' (a TFDS dataset read through tfds.data_source).
   d.source = 'stdlib'
   d.paths = ()  # for source='files': files, directories or globs
   d.val_paths = ()  # an explicit validation source; replaces the hash split when set
-  d.extensions = ('.py', '.txt', '.md', '.jsonl', '.json')  # kept when walking a directory
-  d.text_field = 'text'  # the text field of JSONL records and TFDS examples
-  d.tfds_name = ''  # e.g. 'tiny_shakespeare', 'lm1b'
+  d.extensions = ('.py', '.txt', '.md', '.jsonl', '.json', '.jsonl.gz', '.jsonl.zst',
+                  '.parquet')  # kept when walking a directory
+  d.text_field = 'text'  # the text field of JSONL/Parquet records and TFDS examples
+  d.tfds_name = ''  # e.g. 'c4/en', 'wikipedia/20230601.en', 'lm1b'
   d.tfds_split = 'train'
   d.tfds_val_split = ''  # e.g. 'validation'; empty: split the training documents
   d.data_dir = ''  # TFDS data_dir; empty: TFDS's default
-  d.skip_bad_files = False  # non-UTF-8 files: False raises, True skips and counts them
-  d.max_docs = 0  # keep only the first N documents (0: all); for quick experiments
+  # Which curation a source gets: 'web' (prose: language ID, Gopher and C4 rules on top of
+  # the basic filters) or 'code' (the basic filters only, which code passes).
+  d.profile = 'web'
+  # Several sources mixed by weight, name -> source fields (source, paths, text_field,
+  # tfds_name, tfds_split, data_dir, extensions, profile) plus `weight`; see
+  # experiments/mixture.py. Empty: the one source above. Weights act in the loader, so
+  # changing them reuses the prepared store.
+  d.mixture = ml_collections.ConfigDict()
+  # Bad input (a corrupt shard, a non-UTF-8 line, a line that is not JSON, a record without
+  # the text field): False stops naming file:line; True skips it, counted and named in the
+  # data card.
+  d.skip_bad_records = False
+  d.max_docs = 0  # at most N documents per source, spread over its files (0: all)
   d.val_fraction = 0.02  # share of documents (by content hash) held out for validation
   d.cache_dir = ''  # where the tokenizer and token store go; empty: WORKDIR/data
 
@@ -34,7 +47,35 @@ def data_config() -> ml_collections.ConfigDict:
   d.clean.max_chars = 1_000_000  # drop documents longer than this (0: no limit)
   d.clean.min_text_fraction = 0.7  # drop if fewer printable characters than this share
   d.clean.max_repeated_line_fraction = 0.5  # drop if this share of lines are repeats
-  d.clean.dedup = True  # drop exact duplicates (by content hash)
+  d.clean.language = ml_collections.ConfigDict()  # 'web' profile: langid (ships its model)
+  d.clean.language.languages = ('en',)  # ISO 639-1 codes kept; () skips language ID
+  d.clean.language.threshold = 0.65  # minimum probability of the detected language
+  d.clean.language.max_chars = 1000  # characters of each document langid reads
+  d.clean.gopher = ml_collections.ConfigDict()  # 'web': Rae et al. 2021, appendix A
+  d.clean.gopher.min_words = 50
+  d.clean.gopher.max_words = 100_000
+  d.clean.gopher.min_mean_word_length = 3
+  d.clean.gopher.max_mean_word_length = 10
+  d.clean.gopher.max_symbol_word_ratio = 0.1  # '#' and ellipses per word
+  d.clean.gopher.max_bullet_lines = 0.9  # share of lines starting with a bullet
+  d.clean.gopher.max_ellipsis_lines = 0.3  # share of lines ending with an ellipsis
+  d.clean.gopher.min_alpha_words = 0.8  # share of words with an alphabetic character
+  d.clean.gopher.min_stop_words = 2  # of: the, be, to, of, and, that, have, with
+  d.clean.c4 = ml_collections.ConfigDict()  # 'web': Raffel et al. 2020, section 2.2
+  d.clean.c4.min_sentences = 5  # pages with fewer sentences are dropped (-1: off)
+  d.clean.c4.min_words_per_line = 3  # shorter lines are dropped (-1: off)
+  d.clean.c4.max_word_length = 1000  # lines with a longer word are dropped (-1: off)
+  d.clean.c4.terminal_punctuation = True  # drop lines not ending in . ! ? or a quote
+  d.clean.c4.curly_bracket = True  # drop pages with a '{' (code)
+
+  d.dedup = ml_collections.ConfigDict()
+  d.dedup.exact = True  # drop exact duplicates (same text after normalisation)
+  d.dedup.near = True  # drop near duplicates: MinHash LSH, candidate pairs verified
+  d.dedup.threshold = 0.7  # estimated Jaccard similarity of word n-grams that counts as near
+  d.dedup.ngram = 5  # words per shingle
+  d.dedup.bands = 20  # LSH band layout: bands x rows MinHash permutations; a pair becomes a
+  d.dedup.rows = 5  # candidate with probability 1 - (1 - J**rows)**bands
+  d.dedup.seed = 1
 
   d.tokenizer = ml_collections.ConfigDict()
   d.tokenizer.kind = 'bpe'  # 'bpe', 'unigram' or 'char' (SentencePiece model types)
@@ -42,7 +83,33 @@ def data_config() -> ml_collections.ConfigDict:
   d.tokenizer.model_path = ''  # an existing SentencePiece .model file to use instead
   d.tokenizer.byte_fallback = True  # unknown characters become UTF-8 byte pieces
   d.tokenizer.train_chunks = 200_000  # pieces of documents sampled to train on
+  d.tokenizer.sample_mb = 32  # training documents sampled (by hash) to train the tokenizer
+
+  d.prep = ml_collections.ConfigDict()  # how the preparation stages run (datatrove)
+  # 'local': here, on data.prep.workers processes. 'slurm': each stage submitted as a Slurm
+  # job array after the one before (`--mode=prepare`); see docs/data.md.
+  d.prep.executor = 'local'
+  d.prep.workers = 0  # local worker processes (0: one per core)
+  d.prep.unit_mb = 64.0  # input a task reads at most; fewer, smaller ones for small corpora
+  d.prep.slurm = ml_collections.ConfigDict()
+  d.prep.slurm.partition = ''
+  d.prep.slurm.time = '12:00:00'  # per job of an array
+  d.prep.slurm.cpus_per_task = 1
+  d.prep.slurm.mem_per_cpu_gb = 4
+  d.prep.slurm.qos = ''
+  d.prep.slurm.env_command = ''  # run first in each job, e.g. 'source ~/jaxgpt/.venv/bin/activate'
   return d
+
+
+def source_config(**fields) -> ml_collections.ConfigDict:
+  """One entry of data.mixture: the data config's source fields, a weight, and `fields`."""
+  d = data_config()
+  s = ml_collections.ConfigDict({k: d[k] for k in (
+      'source', 'paths', 'extensions', 'text_field', 'tfds_name', 'tfds_split', 'data_dir',
+      'profile')})
+  s.weight = 1.0  # relative share of training windows drawn from this source
+  s.update(fields)
+  return s
 
 
 def model_config() -> ml_collections.ConfigDict:

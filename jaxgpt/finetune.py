@@ -27,7 +27,7 @@ from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt import train
 from jaxgpt.data import finetune_data as fdata
-from jaxgpt.data import pipeline
+from jaxgpt.data import loader
 from jaxgpt.errors import UserError
 
 log = logging.getLogger('jaxgpt')
@@ -182,7 +182,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if latest is not None and latest >= tc.steps:
     log.info('the run in %s is complete (step %d of %d)', workdir, latest, tc.steps)
   source = fdata.ArraySource(arrays['train'], f'{fc.task}-train')
-  data_iter = iter(pipeline.batch_loader(source, tc.batch_size, tc.seed, jax.process_index(),
+  data_iter = iter(loader.batch_loader(source, tc.batch_size, tc.seed, jax.process_index(),
                                          jax.process_count()))
   trainable, s.frozen = initial_params(config, s, base, tc.seed, fc.task == 'classify')
   with s.context():

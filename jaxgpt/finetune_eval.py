@@ -14,7 +14,7 @@ from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding
 from jaxgpt import train
 from jaxgpt.data import finetune_data as fdata
-from jaxgpt.data import pipeline
+from jaxgpt.data import loader
 
 log = logging.getLogger('jaxgpt')
 
@@ -39,7 +39,7 @@ class ClassifyEval:
     out, batch, merged = [], self.config.train.batch_size, _merged(self.s, params)
     n = len(arrays['weights'])
     with self.s.context():
-      for b in pipeline.ordered_batches(fdata.ArraySource(arrays, 'predict'), batch,
+      for b in loader.ordered_batches(fdata.ArraySource(arrays, 'predict'), batch,
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count()):
         out.append(np.asarray(self._logits(merged, sharding.global_batch(b, self.s.mesh))))
@@ -80,7 +80,7 @@ class InstructEval:
     self._bytes = evaluate_lib.byte_table(base.tokenizer, s.model.cfg.vocab_size)
 
   def during_training(self, params, step, writer):
-    batches = pipeline.ordered_batches(fdata.ArraySource(self.arrays['val'], 'val'),
+    batches = loader.ordered_batches(fdata.ArraySource(self.arrays['val'], 'val'),
                                        self.config.train.batch_size,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count())

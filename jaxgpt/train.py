@@ -26,6 +26,7 @@ from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
 from jaxgpt import optim
 from jaxgpt import sharding
+from jaxgpt.data import loader
 from jaxgpt.data import pipeline
 from jaxgpt.errors import UserError
 
@@ -196,7 +197,7 @@ def check_config(config, mesh):
   """Everything about the config that can be checked before data or compilation."""
   model_lib.ModelConfig.from_config(config.model, tokenizer_vocab=1)
   sharding.check_batch(config.train.batch_size, config.train.micro_batches, mesh)
-  pipeline.check_batch(config.train.batch_size, jax.process_count())
+  loader.check_batch(config.train.batch_size, jax.process_count())
   for key in ('steps', 'log_every', 'eval_every', 'checkpoint_every'):
     if config.train[key] <= 0:
       raise UserError(f'train.{key}={config.train[key]} must be positive')
@@ -220,7 +221,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log.info('token store: %s tokens', prepared.manifest['tokens'])
   model_cfg = model_lib.ModelConfig.from_config(config.model, prepared.tokenizer.vocab_size)
   s = setup(config, model_cfg, mesh)
-  data_iter = iter(pipeline.train_loader(prepared, model_cfg.seq_len, tc.batch_size, tc.seed,
+  data_iter = iter(loader.train_loader(prepared, model_cfg.seq_len, tc.batch_size, tc.seed,
                                          jax.process_index(), jax.process_count()))
   if latest is None:
     state = s.init_state(tc.seed)
@@ -269,7 +270,7 @@ def make_evaluator(config, s: Setup, prepared, writer):
   byte_table = evaluate_lib.byte_table(prepared.tokenizer, s.model.cfg.vocab_size)
 
   def run_eval(params, step):
-    batches = pipeline.eval_batches(prepared, seq_len, tc.batch_size, tc.eval_batches,
+    batches = loader.eval_batches(prepared, seq_len, tc.batch_size, tc.eval_batches,
                                     jax.process_index(), jax.process_count())
     with s.context():
       result = evaluate_lib.evaluate(eval_step, params, batches, byte_table,

@@ -43,18 +43,21 @@ def test_non_utf8_file_errors_or_is_skipped_and_counted(corpus_dir, tmp_path):
   (bad_dir / 'latin1.txt').write_bytes('caf\xe9 au lait\n'.encode('latin-1') * 10)
   c = tiny_config(corpus_dir)
   c.data.paths = (str(corpus_dir), str(bad_dir))
-  _fails(c, tmp_path / 'a', r'latin1.txt is not UTF-8 .*set --config.data.skip_bad_files=True')
-  c.data.skip_bad_files = True
+  _fails(c, tmp_path / 'a',
+         r'latin1.txt:1: not UTF-8 .*set --config.data.skip_bad_records=True')
+  c.data.skip_bad_records = True
   from jaxgpt.data import pipeline
   prepared = pipeline.prepare(c.data, str(tmp_path / 'b'))
-  assert prepared.manifest['cleaning']['bad_files'] == 1
+  assert prepared.manifest['stages']['files']['bad_records'] == {'not UTF-8': 1}
+  assert prepared.manifest['stages']['files']['bad_names'][0].startswith(
+      f"{bad_dir / 'latin1.txt'}:1: not UTF-8")
 
 
 def test_empty_corpus_after_cleaning(corpus_dir, tmp_path):
   c = tiny_config(corpus_dir)
   c.data.clean.min_chars = 10_000_000
   c.data.clean.max_chars = 0
-  _fails(c, tmp_path, r"empty after cleaning \(\{'input': 40, 'too_short': 40.*relax data.clean")
+  _fails(c, tmp_path, r"empty after cleaning \(read 40 documents; dropped: \{'too_short': 40\}\).*relax data.clean")
 
 
 def test_mesh_that_does_not_divide_devices(corpus_dir, tmp_path):

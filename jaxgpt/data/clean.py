@@ -1,24 +1,118 @@
-"""Normalisation, quality filters, exact dedup and the train/validation split.
+"""Curation steps: normalisation, quality filters and language identification.
 
-Each filter is a small predicate; `clean` applies them in order and counts what each
-removed, and those counts go to the console and into the token store's manifest.
+Each step is a datatrove pipeline step, so the same chain runs on datatrove's local, Slurm
+or Ray executors. `steps(source, cfg)` builds the chain for one source's profile:
+
+- 'code': Unicode normalisation, then length, non-text and repeated-line filters;
+- 'web': the same, then language identification (langid, which ships its model), Gopher's
+  quality and repetition rules and C4's line and page rules (datatrove's implementations,
+  with the published thresholds as defaults; `data.clean.gopher`, `data.clean.c4`).
+
+Every step counts documents and UTF-8 bytes in and out (`Meter`), and each filter counts
+what it dropped and why; the data card reads those counts.
 """
-import collections
 import hashlib
+import re
 import unicodedata
-from typing import Iterable
 
-from jaxgpt.data.corpus import Document
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.filters.c4_filters import C4QualityFilter
+from datatrove.pipeline.filters.gopher_quality_filter import GopherQualityFilter
+from datatrove.pipeline.filters.gopher_repetition_filter import GopherRepetitionFilter
+from datatrove.utils.word_tokenizers import WordTokenizer
+
+from jaxgpt.errors import UserError
+
+_WORD = re.compile(r"\w+(?:['’.-]\w+)*|[^\w\s]+")
+_SENTENCE_END = re.compile(r'(?:(?<=[.!?])|(?<=[.!?]["\')\]]))\s+')
 
 
 def content_hash(text: str) -> str:
   return hashlib.sha256(text.encode('utf-8')).hexdigest()
 
 
+def val_bucket(text: str) -> float:
+  """Where a document falls in [0, 1): below data.val_fraction it is held out."""
+  return int(content_hash(text)[:8], 16) / 0x1_0000_0000
+
+
+class RegexWords(WordTokenizer):
+  """Words and punctuation runs split by a regular expression, sentences at . ! ? + space.
+
+  datatrove's own English tokenizer is spaCy's; this one needs no model, is several times
+  faster and splits words and punctuation the way the Gopher and C4 rules count them.
+  """
+
+  def __init__(self):
+    super().__init__('en')
+
+  def word_tokenize(self, text: str) -> list[str]:
+    return _WORD.findall(text)
+
+  def sent_tokenize(self, text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text) if s.strip()]
+
+  def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+      spans.append((start, m.start()))
+      start = m.end()
+    if start < len(text):
+      spans.append((start, len(text)))
+    return spans
+
+  def __hash__(self):  # datatrove caches word splits keyed by the tokenizer
+    return hash('RegexWords')
+
+  def __eq__(self, other):
+    return isinstance(other, RegexWords)
+
+
+WORDS = RegexWords()
+
+
+class Meter(PipelineStep):
+  """Passes documents through, counting them and their UTF-8 bytes."""
+  type = 'jaxgpt'
+
+  def __init__(self, name: str):
+    super().__init__()
+    self.name = name
+
+  def run(self, data, rank=0, world_size=1):
+    self.stats['documents'], self.stats['bytes']  # noqa: B018 (counted even when none pass)
+    for doc in data:
+      self.stat_update('documents')
+      self.stat_update('bytes', value=len(doc.text.encode('utf-8')))
+      yield doc
+
+
+class Normalize(PipelineStep):
+  type = 'jaxgpt'
+  name = 'normalize'
+
+  def __init__(self, form: str):
+    super().__init__()
+    if form and form not in ('NFC', 'NFD', 'NFKC', 'NFKD'):
+      raise UserError(f"data.clean.normalize={form!r}: use 'NFC', 'NFKC', 'NFD', 'NFKD' or ''")
+    self.form = form
+
+  def run(self, data, rank=0, world_size=1):
+    for doc in data:
+      if self.form and not unicodedata.is_normalized(self.form, doc.text):
+        doc.text = unicodedata.normalize(self.form, doc.text)
+        self.stat_update('changed')
+      yield doc
+
+
 def text_fraction(text: str) -> float:
   """Share of characters that are printable or ordinary whitespace."""
   if not text:
     return 0.0
+  if text.isprintable():
+    return 1.0
   good = sum(ch.isprintable() or ch in '\n\t\r' for ch in text)
   return good / len(text)
 
@@ -31,68 +125,82 @@ def repeated_line_fraction(text: str) -> float:
   return 1.0 - len(set(lines)) / len(lines)
 
 
-def filters(cfg) -> list[tuple[str, callable]]:
-  """(name, keep?) pairs in the order they run; cfg is config.data.clean."""
-  out = [('too_short', lambda t: len(t) >= cfg.min_chars)]
-  if cfg.max_chars:
-    out.append(('too_long', lambda t: len(t) <= cfg.max_chars))
-  out.append(('not_text', lambda t: text_fraction(t) >= cfg.min_text_fraction))
-  out.append(('repetitive', lambda t: repeated_line_fraction(t) <= cfg.max_repeated_line_fraction))
-  return out
+class BasicFilter(BaseFilter):
+  """Too short, too long, mostly non-text, or mostly repeated lines (config.data.clean)."""
+  name = 'basic'
+
+  def __init__(self, cfg):
+    super().__init__()
+    self.min_chars, self.max_chars = cfg.min_chars, cfg.max_chars
+    self.min_text_fraction = cfg.min_text_fraction
+    self.max_repeated = cfg.max_repeated_line_fraction
+
+  def filter(self, doc: Document):
+    text = doc.text
+    if len(text) < self.min_chars:
+      return False, 'too_short'
+    if self.max_chars and len(text) > self.max_chars:
+      return False, 'too_long'
+    if text_fraction(text) < self.min_text_fraction:
+      return False, 'not_text'
+    if repeated_line_fraction(text) > self.max_repeated:
+      return False, 'repetitive'
+    return True
 
 
-def clean(docs: Iterable[Document], cfg) -> tuple[list[Document], dict[str, int]]:
-  """Normalises, filters and dedups; returns the kept documents and removal counts."""
-  checks = filters(cfg)
-  counts = collections.Counter({name: 0 for name, _ in checks})
-  counts['duplicate'] = 0
-  seen, kept, total = set(), [], 0
-  for doc in docs:
-    total += 1
-    text = unicodedata.normalize(cfg.normalize, doc.text) if cfg.normalize else doc.text
-    failed = next((name for name, keep in checks if not keep(text)), None)
-    if failed:
-      counts[failed] += 1
-      continue
-    if cfg.dedup:
-      digest = content_hash(text)
-      if digest in seen:
-        counts['duplicate'] += 1
-        continue
-      seen.add(digest)
-    kept.append(Document(doc.name, text))
-  return kept, {'input': total, **counts, 'kept': len(kept)}
+class LanguageFilter(BaseFilter):
+  """Keeps documents langid labels as one of `languages` with probability >= threshold.
 
-
-def split_by_hash(docs: list[Document],
-                  val_fraction: float) -> tuple[list[Document], list[Document]]:
-  """Assigns each document by its content hash, so the split never depends on order.
-
-  A corpus too small to give both sides a document (one big file, say) is split by
-  position instead: the last `val_fraction` of its characters, cut at a line break.
+  langid ships its model, so nothing is downloaded; it reads the first `max_chars`
+  characters, which decide a document's language as well as the whole does.
   """
-  train, val = [], []
-  for doc in docs:
-    bucket = int(content_hash(doc.text)[:8], 16) / 0x1_0000_0000
-    (val if bucket < val_fraction else train).append(doc)
-  if train and val:
-    return train, val
-  return split_by_position(docs, val_fraction)
+  name = 'language'
+
+  def __init__(self, cfg):
+    super().__init__()
+    self.languages = tuple(cfg.languages)
+    self.threshold, self.max_chars = cfg.threshold, cfg.max_chars
+    self._identifier = None
+
+  def filter(self, doc: Document):
+    if self._identifier is None:
+      from langid.langid import LanguageIdentifier, model
+      self._identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    lang, prob = self._identifier.classify(doc.text[:self.max_chars])
+    doc.metadata['language'] = lang
+    if self.languages and lang not in self.languages:
+      return False, f'language_{lang}'
+    if prob < self.threshold:
+      return False, 'language_unsure'
+    return True
 
 
-def split_by_position(docs: list[Document], val_fraction: float):
-  total = sum(len(d.text) for d in docs)
-  cut = int(total * (1 - val_fraction))
-  train, val, pos = [], [], 0
-  for doc in docs:
-    end = pos + len(doc.text)
-    if end <= cut:
-      train.append(doc)
-    elif pos >= cut:
-      val.append(doc)
-    else:  # the cut falls inside this document: break it at a line boundary
-      at = doc.text.rfind('\n', 0, cut - pos) + 1 or cut - pos
-      train.append(Document(doc.name + '[train]', doc.text[:at]))
-      val.append(Document(doc.name + '[val]', doc.text[at:]))
-    pos = end
-  return [d for d in train if d.text], [d for d in val if d.text]
+def _gopher(cfg):
+  g = cfg.gopher
+  quality = GopherQualityFilter(
+      min_doc_words=g.min_words, max_doc_words=g.max_words,
+      min_avg_word_length=g.min_mean_word_length, max_avg_word_length=g.max_mean_word_length,
+      max_symbol_word_ratio=g.max_symbol_word_ratio, max_bullet_lines_ratio=g.max_bullet_lines,
+      max_ellipsis_lines_ratio=g.max_ellipsis_lines, max_non_alpha_words_ratio=g.min_alpha_words,
+      min_stop_words=g.min_stop_words, language=WORDS)
+  repetition = GopherRepetitionFilter(language=WORDS)
+  return [quality, Meter('gopher_quality'), repetition, Meter('gopher_repetition')]
+
+
+def _c4(cfg):
+  c = cfg.c4
+  return [C4QualityFilter(
+      min_num_sentences=c.min_sentences, min_words_per_line=c.min_words_per_line,
+      max_word_length=c.max_word_length, filter_no_terminal_punct=c.terminal_punctuation,
+      filter_lorem_ipsum=True, filter_javascript=True, filter_curly_bracket=c.curly_bracket,
+      filter_policy=True, language=WORDS), Meter('c4')]
+
+
+def steps(profile: str, cfg) -> list[PipelineStep]:
+  """The curation chain for a source of `profile`; cfg is config.data.clean."""
+  chain = [Meter('read'), Normalize(cfg.normalize), BasicFilter(cfg), Meter('basic')]
+  if profile == 'web':
+    if cfg.language.languages:
+      chain += [LanguageFilter(cfg.language), Meter('language')]
+    chain += _gopher(cfg) + _c4(cfg)
+  return chain

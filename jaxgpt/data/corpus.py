@@ -1,35 +1,96 @@
-"""Document sources: the embedded default corpus, local files, JSONL, TFDS datasets.
+"""Document sources: the embedded default corpus, local shards, TFDS datasets, and mixtures.
 
-Every source yields `Document(name, text)` in a deterministic order, so a run is
-reproducible from its config alone. Decoding problems are found here, before any model
-exists: a missing path or a non-UTF-8 file raises `UserError` naming the file (or, with
-`data.skip_bad_files`, is skipped and counted).
+A source is read in *units* (a group of files, or a range of TFDS records) so that the
+curation engine can spread them over tasks; every unit yields `Document(text, id)` in a
+deterministic order. Planning the units only lists and stats files: nothing is opened, so a
+store can be fingerprinted (and reopened) without reading the corpus.
+
+Bad input is found here: a missing path stops the run before anything starts; a file that
+does not decompress, a line that is not UTF-8 or JSON, or a record without the text field
+stops the run naming `file:line`, or (`data.skip_bad_records`) is counted and named in the
+data card.
 """
 import dataclasses
 import glob
+import gzip
+import io
 import json
 import os
 import pathlib
 import sysconfig
 from typing import Iterator
 
+import zstandard
+from datatrove.data import Document
+
 from jaxgpt.errors import UserError
 
 # Directories of the standard library that are not "the library": test suites and
 # third-party packages installed beside it.
 _STDLIB_SKIP = {'site-packages', 'dist-packages', 'test', 'tests', 'idle_test', '__pycache__'}
+JSONL_SUFFIXES = ('.jsonl', '.jsonl.gz', '.jsonl.zst', '.json.gz', '.json.zst')
+PROFILES = ('web', 'code')
+KINDS = ('stdlib', 'files', 'tfds')
+BAD_NAMES_KEPT = 20  # bad records named in the data card per source
 
 
 @dataclasses.dataclass(frozen=True)
-class Document:
+class Source:
+  """One named source of documents; `split='val'` sends all of it to validation."""
   name: str
-  text: str
+  kind: str
+  paths: tuple = ()
+  extensions: tuple = ()
+  text_field: str = 'text'
+  tfds_name: str = ''
+  tfds_split: str = 'train'
+  data_dir: str = ''
+  weight: float = 1.0
+  profile: str = 'web'
+  split: str = 'auto'
 
 
-@dataclasses.dataclass
-class ReadStats:
-  files: int = 0
-  bad_files: int = 0  # skipped as non-UTF-8 (only with skip_bad_files)
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """What one curation task reads: files of one source, or records [start, stop) of it."""
+  source: str
+  files: tuple = ()
+  start: int = 0
+  stop: int = 0
+
+
+def _source(name, c, weight=1.0, split='auto', kind=None, paths=None, tfds_split=None):
+  kind = kind or c.source
+  if kind not in KINDS:
+    raise UserError(f"data.source={kind!r} ({name}) is not one of {', '.join(map(repr, KINDS))}")
+  if c.profile not in PROFILES:
+    raise UserError(f"data.profile={c.profile!r} ({name}): use 'web' (prose: language ID, "
+                    "Gopher and C4 rules) or 'code' (length, non-text and repetition only)")
+  if kind == 'tfds' and not c.tfds_name:
+    raise UserError("data.source='tfds' needs data.tfds_name, e.g. "
+                    "--config.data.tfds_name=tiny_shakespeare")
+  if weight <= 0:
+    raise UserError(f'data.mixture.{name}.weight={weight} must be positive')
+  paths = c.paths if paths is None else paths
+  return Source(name, kind, (paths,) if isinstance(paths, str) else tuple(paths),
+                tuple(c.extensions), c.text_field, c.tfds_name,
+                tfds_split or c.tfds_split, c.data_dir, float(weight), c.profile, split)
+
+
+def sources(cfg) -> list[Source]:
+  """The sources config.data names: one, or `data.mixture`'s, plus an explicit validation set."""
+  if cfg.mixture:
+    out = [_source(name, c, c.weight) for name, c in sorted(cfg.mixture.items())]
+  else:
+    if cfg.source == 'stdlib' and cfg.paths:
+      raise UserError("data.paths is set but data.source is 'stdlib', which ignores it; add "
+                      "--config.data.source=files to train on those paths")
+    out = [_source(cfg.source, cfg)]
+  if cfg.val_paths:
+    out.append(_source('validation', cfg, split='val', kind='files', paths=cfg.val_paths))
+  elif cfg.source == 'tfds' and cfg.tfds_val_split and not cfg.mixture:
+    out.append(_source('validation', cfg, split='val', tfds_split=cfg.tfds_val_split))
+  return out
 
 
 def stdlib_files() -> list[pathlib.Path]:
@@ -54,8 +115,13 @@ def expand_paths(paths, extensions) -> list[pathlib.Path]:
         raise UserError(f'data.paths: the glob {raw!r} matches no file; check the pattern')
       out.extend(pathlib.Path(m) for m in matches if os.path.isfile(m))
     elif os.path.isdir(path):
-      out.extend(sorted(p for p in pathlib.Path(path).rglob('*')
-                        if p.is_file() and (not extensions or p.suffix in extensions)))
+      found = sorted(p for p in pathlib.Path(path).rglob('*')
+                     if p.is_file() and (not extensions or _suffix(p) in extensions
+                                         or p.suffix in extensions))
+      if not found:
+        raise UserError(f'data.paths: the directory {raw!r} holds no file ending in one of '
+                        f'data.extensions={tuple(extensions)}; add its suffix there')
+      out.extend(found)
     elif os.path.isfile(path):
       out.append(pathlib.Path(path))
     else:
@@ -63,81 +129,164 @@ def expand_paths(paths, extensions) -> list[pathlib.Path]:
   return out
 
 
-def _read_text(path: pathlib.Path, skip_bad: bool, stats: ReadStats) -> str | None:
-  stats.files += 1
-  try:
-    return path.read_bytes().decode('utf-8')
-  except UnicodeDecodeError as e:
-    if skip_bad:
-      stats.bad_files += 1
-      return None
-    raise UserError(
-        f'{path} is not UTF-8 (byte {e.start}: {e.reason}); convert it '
-        f'(iconv -t UTF-8) or set --config.data.skip_bad_files=True to skip such files'
-    ) from None
+def _suffix(path) -> str:
+  """'.jsonl.gz' for shards, the plain suffix otherwise."""
+  name = str(path)
+  return next((s for s in JSONL_SUFFIXES if name.endswith(s)), pathlib.Path(name).suffix)
 
 
-def _jsonl_documents(path, text, field) -> Iterator[Document]:
-  for lineno, line in enumerate(text.splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UserError(f'{path}:{lineno} is not valid JSON ({e.msg}); '
-                      'fix or remove that line') from None
-    if not isinstance(record, dict) or field not in record:
-      raise UserError(f'{path}:{lineno} has no {field!r} field; set data.text_field '
-                      'to the field that holds the text')
-    yield Document(f'{path}:{lineno}', str(record[field]))
+def source_files(src: Source) -> list[pathlib.Path]:
+  if src.kind == 'stdlib':
+    return stdlib_files()
+  if src.kind == 'files':
+    return expand_paths(src.paths, src.extensions)
+  return []
 
 
-def file_documents(paths, extensions=(), text_field='text', skip_bad=False,
-                   stats: ReadStats | None = None) -> Iterator[Document]:
-  stats = stats if stats is not None else ReadStats()
-  for path in expand_paths(paths, extensions):
-    text = _read_text(path, skip_bad, stats)
-    if text is None:
-      continue
-    if path.suffix == '.jsonl':
-      yield from _jsonl_documents(path, text, text_field)
-    else:
-      yield Document(str(path), text)
-
-
-def tfds_documents(name, split, data_dir, text_field) -> Iterator[Document]:
+def _tfds_source(src: Source):
   # tfds.data_source reads array_record files directly: no TensorFlow needed.
   import tensorflow_datasets as tfds
   try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+    return tfds.data_source(src.tfds_name, split=src.tfds_split, data_dir=src.data_dir or None)
   except Exception as e:  # tfds raises several types for "not prepared here"
-    raise UserError(f'TFDS dataset {name!r} (split {split!r}) could not be opened from '
-                    f'data_dir={data_dir or "default"!r}: {e}. Prepare it with '
+    raise UserError(f'TFDS dataset {src.tfds_name!r} (split {src.tfds_split!r}) could not be '
+                    f'opened from data_dir={src.data_dir or "default"!r}: {e}. Prepare it with '
                     "file_format='array_record' or set data.data_dir") from None
-  for i in range(len(source)):
-    value = source[i][text_field]
-    text = value.decode('utf-8') if isinstance(value, bytes) else str(value)
-    yield Document(f'{name}/{split}/{i}', text)
 
 
-def documents(cfg, stats: ReadStats | None = None, validation=False) -> Iterator[Document]:
-  """The documents `cfg` (config.data) names; `validation` reads its explicit val source."""
-  if validation:
-    if cfg.source == 'tfds':
-      return tfds_documents(cfg.tfds_name, cfg.tfds_val_split, cfg.data_dir, cfg.text_field)
-    return file_documents(cfg.val_paths, cfg.extensions, cfg.text_field, cfg.skip_bad_files, stats)
-  if cfg.source == 'stdlib':
-    return file_documents([str(p) for p in stdlib_files()], (), cfg.text_field,
-                          cfg.skip_bad_files, stats)
-  if cfg.source == 'files':
-    return file_documents(cfg.paths, cfg.extensions, cfg.text_field, cfg.skip_bad_files, stats)
-  if cfg.source == 'tfds':
-    if not cfg.tfds_name:
-      raise UserError("data.source='tfds' needs data.tfds_name, e.g. "
-                      "--config.data.tfds_name=tiny_shakespeare")
-    return tfds_documents(cfg.tfds_name, cfg.tfds_split, cfg.data_dir, cfg.text_field)
-  raise UserError(f"data.source={cfg.source!r} is not one of 'stdlib', 'files', 'tfds'")
+def plan(src: Source, unit_bytes: int) -> tuple[list[Unit], dict]:
+  """The units to read `src` in, and what identifies its content (names, sizes, mtimes)."""
+  if src.kind == 'tfds':
+    data = _tfds_source(src)
+    n = len(data)
+    step = max(1, unit_bytes // 4096)  # records of a few kB each
+    units = [Unit(src.name, start=a, stop=min(n, a + step)) for a in range(0, n, step)]
+    info = getattr(data, 'dataset_info', None)
+    return units, {'tfds': f'{src.tfds_name}/{src.tfds_split}', 'records': n,
+                   'version': str(getattr(info, 'version', '')), 'data_dir': src.data_dir}
+  files = source_files(src)
+  stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+  units, group, size = [], [], 0
+  for name, nbytes, _ in stats:
+    group.append(name)
+    size += nbytes
+    if size >= unit_bytes:
+      units.append(Unit(src.name, tuple(group)))
+      group, size = [], 0
+  if group:
+    units.append(Unit(src.name, tuple(group)))
+  return units, {'files': stats}
 
 
-def has_validation_source(cfg) -> bool:
-  return bool(cfg.val_paths) or (cfg.source == 'tfds' and bool(cfg.tfds_val_split))
+@dataclasses.dataclass
+class BadRecords:
+  """Bad input met while reading, per source: a count by reason and the first few names."""
+  skip: bool
+  counts: dict = dataclasses.field(default_factory=dict)
+  names: list = dataclasses.field(default_factory=list)
+
+  def found(self, where: str, reason: str, fix: str):
+    if not self.skip:
+      raise UserError(f'{where}: {reason}; {fix}, or set --config.data.skip_bad_records=True '
+                      'to skip and count such records')
+    self.counts[reason.split(' (')[0]] = self.counts.get(reason.split(' (')[0], 0) + 1
+    if len(self.names) < BAD_NAMES_KEPT:
+      self.names.append(f'{where}: {reason}')
+
+
+def _open_lines(path: str):
+  """Binary lines of a plain, gzip or zstandard file."""
+  if path.endswith('.gz'):
+    return gzip.open(path, 'rb')
+  if path.endswith('.zst'):
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, 'rb'),
+                                                                        closefd=True))
+  return open(path, 'rb')
+
+
+def _jsonl_documents(path, src: Source, bad: BadRecords) -> Iterator[Document]:
+  lineno = 0
+  try:
+    with _open_lines(path) as f:
+      for lineno, raw in enumerate(f, 1):
+        if not raw.strip():
+          continue
+        try:
+          record = json.loads(raw.decode('utf-8'))
+        except UnicodeDecodeError as e:
+          bad.found(f'{path}:{lineno}', f'not UTF-8 (byte {e.start}: {e.reason})',
+                    'convert the file (iconv -t UTF-8)')
+          continue
+        except json.JSONDecodeError as e:
+          bad.found(f'{path}:{lineno}', f'not valid JSON ({e.msg})', 'fix or remove that line')
+          continue
+        if not isinstance(record, dict) or src.text_field not in record:
+          bad.found(f'{path}:{lineno}', f'no {src.text_field!r} field',
+                    'set data.text_field to the field that holds the text')
+          continue
+        yield Document(str(record[src.text_field]), f'{path}:{lineno}')
+  except (OSError, EOFError, zstandard.ZstdError) as e:  # a truncated or corrupt shard
+    bad.found(f'{path}:{lineno + 1}', f'a corrupt shard ({type(e).__name__}: {e})',
+              'replace the file')
+
+
+def _parquet_documents(path, src: Source, bad: BadRecords) -> Iterator[Document]:
+  import pyarrow
+  import pyarrow.parquet as pq
+  row = 0
+  try:
+    f = pq.ParquetFile(path)
+    if src.text_field not in f.schema_arrow.names:
+      bad.found(path, f'no {src.text_field!r} column',
+                'set data.text_field to the column that holds the text')
+      return
+    for batch in f.iter_batches(columns=[src.text_field], batch_size=1024):
+      for text in batch.column(0).to_pylist():
+        row += 1
+        if text is not None:
+          yield Document(str(text), f'{path}:{row}')
+  except (OSError, pyarrow.ArrowException) as e:
+    bad.found(f'{path}:{row + 1}', f'a corrupt shard ({type(e).__name__}: {e})',
+              'replace the file')
+
+
+def _text_document(path, bad: BadRecords) -> Iterator[Document]:
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    yield Document(data.decode('utf-8'), path)
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b'\n') + 1
+    bad.found(f'{path}:{line}', f'not UTF-8 (byte {e.start}: {e.reason})',
+              'convert it (iconv -t UTF-8)')
+
+
+def file_documents(path: str, src: Source, bad: BadRecords) -> Iterator[Document]:
+  suffix = _suffix(path)
+  if suffix in JSONL_SUFFIXES:
+    return _jsonl_documents(path, src, bad)
+  if suffix == '.parquet':
+    return _parquet_documents(path, src, bad)
+  return _text_document(path, bad)
+
+
+def unit_documents(unit: Unit, src: Source, bad: BadRecords) -> Iterator[Document]:
+  if src.kind != 'tfds':
+    for path in unit.files:
+      yield from file_documents(path, src, bad)
+    return
+  data = _tfds_source(src)
+  for i in range(unit.start, unit.stop):
+    name = f'{src.tfds_name}/{src.tfds_split}/{i}'
+    record = data[i]
+    if src.text_field not in record:
+      bad.found(name, f'no {src.text_field!r} field',
+                f'set data.text_field to one of {sorted(record)}')
+      continue
+    value = record[src.text_field]
+    try:
+      text = value.decode('utf-8') if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError as e:
+      bad.found(name, f'not UTF-8 (byte {e.start}: {e.reason})', 'fix the dataset')
+      continue
+    yield Document(text, name)

@@ -58,8 +58,8 @@ class Tokenizer:
   def encode(self, text: str) -> list[int]:
     return self.sp.encode(_escape(text))
 
-  def encode_batch(self, texts: list[str]) -> list[list[int]]:
-    return self.sp.encode([_escape(t) for t in texts], num_threads=os.cpu_count() or 1)
+  def encode_batch(self, texts: list[str], threads: int = 0) -> list[list[int]]:
+    return self.sp.encode([_escape(t) for t in texts], num_threads=threads or os.cpu_count() or 1)
 
   def decode(self, ids) -> str:
     ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]

@@ -1,0 +1,102 @@
+"""Synthetic corpora made from this machine's own text: no download.
+
+`Prose` is a word bigram model of the standard library's docstrings (English prose with
+stop words and sentences), so its documents pass the 'web' profile's rules; every document
+is distinct. `planted_pairs` makes documents and near copies of known word 5-gram Jaccard
+similarity, for measuring near-duplicate detection.
+"""
+import ast
+import collections
+import json
+import os
+import random
+
+from datatrove.utils.text import simplify_text
+
+from jaxgpt.data import corpus
+
+
+class Prose:
+  """Sentences drawn from a bigram model of the standard library's docstrings."""
+
+  def __init__(self, max_files: int = 400):
+    follows = collections.defaultdict(list)
+    for path in corpus.stdlib_files()[:max_files]:
+      try:
+        tree = ast.parse(path.read_text(encoding='utf-8'))
+      except (SyntaxError, UnicodeDecodeError):
+        continue
+      for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module)):
+          doc = ast.get_docstring(node)
+          words = [w for w in (doc or '').split() if w.isalpha() and len(w) < 15]
+          for a, b in zip(['.'] + words, words):
+            follows[a.lower()].append(b.lower())
+    self.follows = {k: v for k, v in follows.items() if v}
+    self.starts = sorted(self.follows)
+
+  def sentence(self, rng: random.Random) -> str:
+    word = rng.choice(self.follows['.'])
+    words = [word.capitalize()]
+    for _ in range(rng.randint(8, 20)):
+      word = rng.choice(self.follows.get(word) or self.starts)
+      words.append(word)
+    return ' '.join(words) + '.'
+
+  def document(self, rng: random.Random, sentences: int) -> str:
+    lines, line = [], []
+    for _ in range(sentences):
+      line.append(self.sentence(rng))
+      if rng.random() < 0.3:
+        lines.append(' '.join(line))
+        line = []
+    lines.append(' '.join(line))
+    return '\n'.join(x for x in lines if x)
+
+
+def write_jsonl_shards(folder: str, prose: Prose, total_bytes: int, shard_bytes: int,
+                       seed: int = 0) -> list[str]:
+  """Distinct documents of 1-8 kB in JSONL shards of about shard_bytes, total_bytes in all."""
+  os.makedirs(folder, exist_ok=True)
+  rng, paths, written, shard = random.Random(seed), [], 0, None
+  while written < total_bytes:
+    if shard is None or shard.tell() >= shard_bytes:
+      if shard:
+        shard.close()
+      paths.append(os.path.join(folder, f'shard-{len(paths):05d}.jsonl'))
+      shard = open(paths[-1], 'w')
+    line = json.dumps({'text': prose.document(rng, rng.randint(10, 80)), 'id': written}) + '\n'
+    shard.write(line)
+    written += len(line)
+  shard.close()
+  return paths
+
+
+def shingle_set(text: str, n: int = 5) -> set:
+  words = simplify_text(text).split()
+  return {' '.join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def jaccard(a: str, b: str, n: int = 5) -> float:
+  sa, sb = shingle_set(a, n), shingle_set(b, n)
+  return len(sa & sb) / len(sa | sb)
+
+
+def near_copy(text: str, changes: int, rng: random.Random, vocabulary) -> str:
+  """`text` with `changes` of its words replaced by others."""
+  words = text.split(' ')
+  for i in rng.sample(range(len(words)), min(changes, len(words))):
+    words[i] = rng.choice(vocabulary)
+  return ' '.join(words)
+
+
+def planted_pairs(prose: Prose, n_pairs: int, seed: int = 0):
+  """[(original, copy, jaccard)]: copies from nearly identical to mostly rewritten."""
+  rng = random.Random(seed)
+  out = []
+  for i in range(n_pairs):
+    doc = prose.document(rng, 12)
+    changes = rng.choice([1, 2, 3, 4, 6, 10, 20, 30, 45, 60])
+    copy = near_copy(doc, changes, rng, prose.starts)
+    out.append((doc, copy, jaccard(doc, copy)))
+  return out
