@@ -54,22 +54,28 @@ class Prose:
     return '\n'.join(x for x in lines if x)
 
 
+def _write_shard(args):
+  path, prose, nbytes, seed = args
+  rng, written = random.Random(seed), 0
+  with open(path, 'w') as f:
+    while written < nbytes:
+      line = json.dumps({'text': prose.document(rng, rng.randint(10, 80))}) + '\n'
+      f.write(line)
+      written += len(line)
+  return path
+
+
 def write_jsonl_shards(folder: str, prose: Prose, total_bytes: int, shard_bytes: int,
                        seed: int = 0) -> list[str]:
-  """Distinct documents of 1-8 kB in JSONL shards of about shard_bytes, total_bytes in all."""
+  """Distinct documents of 1-8 kB in JSONL shards of shard_bytes, total_bytes in all; the
+  shards are written in parallel, each from its own seed."""
+  import multiprocessing
   os.makedirs(folder, exist_ok=True)
-  rng, paths, written, shard = random.Random(seed), [], 0, None
-  while written < total_bytes:
-    if shard is None or shard.tell() >= shard_bytes:
-      if shard:
-        shard.close()
-      paths.append(os.path.join(folder, f'shard-{len(paths):05d}.jsonl'))
-      shard = open(paths[-1], 'w')
-    line = json.dumps({'text': prose.document(rng, rng.randint(10, 80)), 'id': written}) + '\n'
-    shard.write(line)
-    written += len(line)
-  shard.close()
-  return paths
+  n = -(-total_bytes // shard_bytes)
+  jobs = [(os.path.join(folder, f'shard-{i:05d}.jsonl'), prose,
+           min(shard_bytes, total_bytes - i * shard_bytes), seed * 100_003 + i) for i in range(n)]
+  with multiprocessing.get_context('fork').Pool(os.cpu_count()) as pool:
+    return pool.map(_write_shard, jobs)
 
 
 def shingle_set(text: str, n: int = 5) -> set:

@@ -30,7 +30,7 @@ def _src(**kw):
 def _read(paths, bad=None, **kw):
   src = _src(paths=tuple(map(str, paths)), **kw)
   bad = bad or corpus.BadRecords(skip=False)
-  units, _ = corpus.plan(src, 1 << 30)
+  units = corpus.units(src, corpus.identify(src), 1 << 30)
   return [d.text for u in units for d in corpus.unit_documents(u, src, bad)]
 
 
@@ -90,7 +90,8 @@ def test_units_group_files_and_identity_needs_no_reading(tmp_path):
   for i in range(6):
     (tmp_path / f'{i}.txt').write_text('x' * 100)
   src = _src(paths=(str(tmp_path),))
-  units, identity = corpus.plan(src, 250)
+  identity = corpus.identify(src)
+  units = corpus.units(src, identity, 250)
   assert [len(u.files) for u in units] == [3, 3]
   assert [size for _, size, _ in identity['files']] == [100] * 6
 
@@ -120,7 +121,8 @@ def test_tfds_dataset_through_data_source():
   (src,) = corpus.sources(cfg)
   bad = corpus.BadRecords(skip=False)
   with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
-    units, identity = corpus.plan(src, 1 << 20)
+    identity = corpus.identify(src)
+    units = corpus.units(src, identity, 1 << 20)
     docs = [d for u in units for d in corpus.unit_documents(u, src, bad)]
   assert identity['records'] == 4
   assert len(docs) == 4 and all(isinstance(d.text, str) and d.text for d in docs)

@@ -154,28 +154,32 @@ def _tfds_source(src: Source):
                     "file_format='array_record' or set data.data_dir") from None
 
 
-def plan(src: Source, unit_bytes: int) -> tuple[list[Unit], dict]:
-  """The units to read `src` in, and what identifies its content (names, sizes, mtimes)."""
+def identify(src: Source) -> dict:
+  """What identifies the source's content: file names, sizes and mtimes; a TFDS dataset's
+  name, version and record count. Files are listed and stat-ed, never opened."""
   if src.kind == 'tfds':
     data = _tfds_source(src)
-    n = len(data)
-    step = max(1, unit_bytes // 4096)  # records of a few kB each
-    units = [Unit(src.name, start=a, stop=min(n, a + step)) for a in range(0, n, step)]
     info = getattr(data, 'dataset_info', None)
-    return units, {'tfds': f'{src.tfds_name}/{src.tfds_split}', 'records': n,
-                   'version': str(getattr(info, 'version', '')), 'data_dir': src.data_dir}
-  files = source_files(src)
-  stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-  units, group, size = [], [], 0
-  for name, nbytes, _ in stats:
+    return {'tfds': f'{src.tfds_name}/{src.tfds_split}', 'records': len(data),
+            'version': str(getattr(info, 'version', '')), 'data_dir': src.data_dir}
+  return {'files': [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in source_files(src)]}
+
+
+def units(src: Source, identity: dict, unit_bytes: int) -> list[Unit]:
+  """The source cut into units of about unit_bytes: groups of whole files, or record ranges."""
+  if src.kind == 'tfds':
+    n, step = identity['records'], max(1, unit_bytes // 4096)  # records of a few kB each
+    return [Unit(src.name, start=a, stop=min(n, a + step)) for a in range(0, n, step)]
+  out, group, size = [], [], 0
+  for name, nbytes, _ in identity['files']:
     group.append(name)
     size += nbytes
     if size >= unit_bytes:
-      units.append(Unit(src.name, tuple(group)))
+      out.append(Unit(src.name, tuple(group)))
       group, size = [], 0
   if group:
-    units.append(Unit(src.name, tuple(group)))
-  return units, {'files': stats}
+    out.append(Unit(src.name, tuple(group)))
+  return out
 
 
 @dataclasses.dataclass

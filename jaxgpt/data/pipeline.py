@@ -68,14 +68,12 @@ def make_plan(cfg) -> Plan:
     raise UserError("data.prep.executor='slurm' needs data.prep.slurm.partition, e.g. "
                     '--config.data.prep.slurm.partition=cpu')
   srcs = corpus.sources(cfg)
-  identity = {}
-  for src in srcs:
-    identity[src.name] = corpus.plan(src, 1 << 62)[1]
+  identity = {src.name: corpus.identify(src) for src in srcs}
   total = sum(size for s in identity.values() for _, size, _ in s.get('files', ())) or 1 << 26
   workers = cfg.prep.workers or os.cpu_count() or 1
   # Several tasks per worker balance the load; a task holds at most unit_mb of input.
   unit = int(min(cfg.prep.unit_mb * (1 << 20), max(total / (4 * workers), 1 << 16)))
-  units = [u for src in srcs for u in corpus.plan(src, unit)[0]]
+  units = [u for src in srcs for u in corpus.units(src, identity[src.name], unit)]
   return Plan(srcs, units, identity)
 
 
@@ -178,4 +176,4 @@ def _build_in_subprocess(cfg, directory, tokenizer):
       raise UserError(f.read())
   if code:
     raise RuntimeError(f'preparing the token store failed (exit {code}); the stages\' logs '
-                       f"are in {os.path.join(directory, 'work', 'logs')}")
+                       f"are in {os.path.join(directory, 'logs')}")

@@ -200,8 +200,9 @@ def submit_slurm(cfg, stage_list: list[Stage], logs: str) -> str:
 
 
 def main(argv):
-  logging.basicConfig(format='%(asctime)s %(message)s', level=logging.WARNING,
-                      stream=sys.__stderr__)
+  # absl's layout, as the rest of a run logs: I1201 22:31:24.027 data] ...
+  logging.basicConfig(format='I%(asctime)s.%(msecs)03d data] %(message)s',
+                      datefmt='%m%d %H:%M:%S', level=logging.WARNING, stream=sys.__stderr__)
   log.setLevel(logging.INFO)
   directory, config_path = argv[1], argv[2]
   with open(config_path) as f:
