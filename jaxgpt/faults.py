@@ -56,8 +56,8 @@ def check_finite(first_bad, last_saved):
 RESUMABLE_CHANGES = ('train.run_steps', 'train.log_every', 'train.eval_every',
                      'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints',
                      'train.async_checkpoints', 'train.peak_flops', 'train.skip_nonfinite',
-                     'train.allow_config_change', 'data.cache_dir', 'data.skip_bad_records', 'data.prep.',
-                     'eval.', 'mesh.', 'model.loss_chunks', 'model.remat',
+                     'train.allow_config_change', 'data.cache_dir', 'data.skip_bad_records',
+                     'data.prep.', 'eval.', 'mesh.', 'model.loss_chunks', 'model.remat',
                      'model.attention_block', 'train.micro_batches')
 
 

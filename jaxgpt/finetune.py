@@ -183,7 +183,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     log.info('the run in %s is complete (step %d of %d)', workdir, latest, tc.steps)
   source = fdata.ArraySource(arrays['train'], f'{fc.task}-train')
   data_iter = iter(loader.batch_loader(source, tc.batch_size, tc.seed, jax.process_index(),
-                                         jax.process_count()))
+                                       jax.process_count()))
   trainable, s.frozen = initial_params(config, s, base, tc.seed, fc.task == 'classify')
   with s.context():
     state = jax.jit(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, s.tx.init(p)),

@@ -40,8 +40,8 @@ class ClassifyEval:
     n = len(arrays['weights'])
     with self.s.context():
       for b in loader.ordered_batches(fdata.ArraySource(arrays, 'predict'), batch,
-                                        process_index=jax.process_index(),
-                                        process_count=jax.process_count()):
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count()):
         out.append(np.asarray(self._logits(merged, sharding.global_batch(b, self.s.mesh))))
     return np.concatenate(out)[:n]
 
@@ -81,9 +81,9 @@ class InstructEval:
 
   def during_training(self, params, step, writer):
     batches = loader.ordered_batches(fdata.ArraySource(self.arrays['val'], 'val'),
-                                       self.config.train.batch_size,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count())
+                                     self.config.train.batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
     with self.s.context():
       result = evaluate_lib.evaluate(self._step, _merged(self.s, params), batches, self._bytes,
                                      lambda b: sharding.global_batch(b, self.s.mesh))

@@ -222,7 +222,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model_cfg = model_lib.ModelConfig.from_config(config.model, prepared.tokenizer.vocab_size)
   s = setup(config, model_cfg, mesh)
   data_iter = iter(loader.train_loader(prepared, model_cfg.seq_len, tc.batch_size, tc.seed,
-                                         jax.process_index(), jax.process_count()))
+                                       jax.process_index(), jax.process_count()))
   if latest is None:
     state = s.init_state(tc.seed)
   else:
@@ -271,7 +271,7 @@ def make_evaluator(config, s: Setup, prepared, writer):
 
   def run_eval(params, step):
     batches = loader.eval_batches(prepared, seq_len, tc.batch_size, tc.eval_batches,
-                                    jax.process_index(), jax.process_count())
+                                  jax.process_index(), jax.process_count())
     with s.context():
       result = evaluate_lib.evaluate(eval_step, params, batches, byte_table,
                                      lambda b: sharding.global_batch(b, s.mesh))

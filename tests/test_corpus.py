@@ -43,7 +43,8 @@ def test_files_directories_and_globs(tmp_path):
   texts = _read([tmp_path / 'a', tmp_path / '*.txt', tmp_path / 'three.md'],
                 extensions=('.txt',))
   assert texts == ['first document', 'second document', 'third document']
-  with pytest.raises(UserError, match=r"holds no file ending in one of data.extensions=\('.txt.gz',\)"):
+  with pytest.raises(UserError, match=r"holds no file ending in one of "
+                                      r"data.extensions=\('.txt.gz',\)"):
     _read([tmp_path / 'a'], extensions=('.txt.gz',))
 
 

@@ -57,7 +57,8 @@ def test_empty_corpus_after_cleaning(corpus_dir, tmp_path):
   c = tiny_config(corpus_dir)
   c.data.clean.min_chars = 10_000_000
   c.data.clean.max_chars = 0
-  _fails(c, tmp_path, r"empty after cleaning \(read 40 documents; dropped: \{'too_short': 40\}\).*relax data.clean")
+  _fails(c, tmp_path, r"empty after cleaning \(read 40 documents; dropped: "
+                      r"\{'too_short': 40\}\).*relax data.clean")
 
 
 def test_mesh_that_does_not_divide_devices(corpus_dir, tmp_path):

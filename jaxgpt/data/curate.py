@@ -6,6 +6,7 @@ Each task writes what every step counted (documents and bytes in and out, drops 
 bad records by name) to `counts/{task}.json` for the data card.
 """
 import os
+import time
 
 from datatrove.pipeline.base import PipelineStep
 
@@ -19,10 +20,10 @@ class Curate(PipelineStep):
   name = 'curate'
 
   def __init__(self, units: list, sources: dict, clean_cfg, skip_bad: bool, max_docs: int,
-               counts_folder: str):
+               counts_folder: str, progress_folder: str):
     super().__init__()
     self.units, self.sources, self.skip_bad = units, sources, skip_bad
-    self.counts_folder = counts_folder
+    self.counts_folder, self.progress_folder = counts_folder, progress_folder
     per_source = {}
     for u in units:
       per_source[u.source] = per_source.get(u.source, 0) + 1
@@ -37,6 +38,7 @@ class Curate(PipelineStep):
     docs = corpus.unit_documents(unit, src, bad)
     if self.limits[unit.source]:
       docs = _take(docs, self.limits[unit.source])
+    docs = _report_bytes(docs, os.path.join(self.progress_folder, f'{rank:05d}'))
     chain = self.chains[src.profile]
     for step in chain:
       docs = step(docs, rank, world_size)
@@ -46,6 +48,20 @@ class Curate(PipelineStep):
         'source': src.name, 'bad_records': bad.counts, 'bad_names': bad.names,
         'steps': [{'name': step.name, 'stats': {k: v.total for k, v in step.stats.stats.items()}}
                   for step in chain]})
+
+
+def _report_bytes(docs, path, every_seconds=2.0):
+  """Passes documents on; every few seconds writes how many bytes of text were read."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  nbytes, last = 0, time.monotonic()
+  for doc in docs:
+    nbytes += len(doc.text)
+    if time.monotonic() - last > every_seconds:
+      with open(path + '.tmp', 'w') as f:
+        f.write(str(nbytes))
+      os.replace(path + '.tmp', path)
+      last = time.monotonic()
+    yield doc
 
 
 def _take(docs, n):

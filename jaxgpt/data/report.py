@@ -25,10 +25,14 @@ def duration(seconds: float) -> str:
       f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-def progress(finished: list[int], tasks: int, unit_bytes, elapsed: float) -> str:
+def progress(finished, running: dict, tasks: int, unit_bytes, elapsed: float) -> str:
+  """'3/40 tasks, 1.2 GB of 9.6 GB, 4.1 MB/s, ETA 34m10s': bytes of finished tasks, and of
+  running ones as far as they have read (their text may outgrow a compressed input)."""
   line = f'{len(finished)}/{tasks} tasks'
-  if unit_bytes and finished:
-    done, total = sum(unit_bytes[i] for i in finished), sum(unit_bytes)
+  if unit_bytes and (finished or running):
+    done = sum(unit_bytes[i] for i in finished)
+    done += sum(min(n, 0.99 * unit_bytes[i]) for i, n in running.items())
+    total = sum(unit_bytes)
     rate = done / max(elapsed, 1e-9)
     eta = (total - done) / rate if rate else 0
     line += f', {size(done)} of {size(total)}, {size(rate)}/s, ETA {duration(eta)}'
@@ -188,8 +192,9 @@ def write_card(directory: str, m: dict):
   lines += ['', '![document length](doc_chars.png) ![tokens per document](doc_tokens.png)', '']
   with open(os.path.join(directory, 'card.md'), 'w') as f:
     f.write('\n'.join(lines))
-  _histogram(m, 'chars_hist', 'document length (characters)', os.path.join(directory, 'doc_chars.png'))
-  _histogram(m, 'tokens_hist', 'tokens per document', os.path.join(directory, 'doc_tokens.png'))
+  for key, label, name in (('chars_hist', 'document length (characters)', 'doc_chars.png'),
+                           ('tokens_hist', 'tokens per document', 'doc_tokens.png')):
+    _histogram(m, key, label, os.path.join(directory, name))
 
 
 def _histogram(m, key, xlabel, path):

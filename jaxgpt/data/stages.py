@@ -1,11 +1,12 @@
 """The preparation stages as datatrove executors: run here, or submitted to Slurm.
 
 `pipeline.prepare` runs `main` through `python -m jaxgpt.data.build` in a fresh interpreter
-(no jax loaded) when a store must be built. With `data.prep.executor='local'` it runs each stage on datatrove's local executor
-(`data.prep.workers` processes) and a killed preparation, started again, skips the tasks it
-finished. With `'slurm'` it submits every stage as a Slurm job array, each depending on the
-one before, and returns; the last job writes the manifest. A UserError's message is written
-to DIRECTORY/error.txt for the caller to raise.
+(no jax loaded) when a store must be built. With `data.prep.executor='local'` it runs each
+stage on datatrove's local executor (`data.prep.workers` processes), and a killed
+preparation, started again, skips the tasks it finished. With `'slurm'` it submits every
+stage as a Slurm job array, each depending on the one before, and returns; the last job
+writes the manifest. A UserError's message is written to DIRECTORY/error.txt for the
+caller to raise.
 """
 import dataclasses
 import json
@@ -38,6 +39,7 @@ class Stage:
   pipeline: list
   tasks: int
   unit_bytes: list | None = None  # input per task, for the progress line
+  progress: str | None = None  # where running tasks write the bytes they have read
 
 
 class TrainTokenizer(PipelineStep):
@@ -129,10 +131,10 @@ def stages(cfg, plan: pipeline.Plan, directory: str, work: str, data_fp: str,
     sample_rate = min(1.0, cfg.tokenizer.sample_mb * (1 << 20) / max(sum(unit_bytes), 1))
   dedup_on = cfg.dedup.exact or cfg.dedup.near
   curate = [curate_lib.Curate(units, by_name, cfg.clean, cfg.skip_bad_records, cfg.max_docs,
-                              folder('curate', 'counts')),
+                              folder('curate', 'counts'), folder('curate', 'progress')),
             shards.CuratedWriter(folder('curated'), folder('sample'), sample_rate,
                                  val_fraction, val_tasks)]
-  out = [Stage('curate', curate, n, unit_bytes)]
+  out = [Stage('curate', curate, n, unit_bytes, folder('curate', 'progress'))]
   if dedup_on:
     curate.append(dedup.Signatures(folder('signatures'), cfg.dedup))
     buckets = dedup.minhash_config(cfg.dedup).num_buckets
@@ -176,10 +178,17 @@ def run_local(cfg, stage_list: list[Stage], logs: str):
 def _progress(stage: Stage, logs: str, done: threading.Event):
   start = time.time()
   completions = os.path.join(logs, 'completions')
-  before = set(os.listdir(completions)) if os.path.isdir(completions) else set()
+  listed = lambda d: set(os.listdir(d)) if d and os.path.isdir(d) else set()
+  before = {int(f) for f in listed(completions)}
   while not done.wait(_PROGRESS_SECONDS):
-    finished = set(os.listdir(completions)) - before if os.path.isdir(completions) else set()
-    log.info('%s: %s', stage.name, report.progress([int(f) for f in finished], stage.tasks,
+    completed = {int(f) for f in listed(completions)}
+    running = {}
+    for name in listed(stage.progress):
+      if name.isdigit() and int(name) not in completed:
+        with open(os.path.join(stage.progress, name)) as f:
+          running[int(name)] = int(f.read() or 0)
+    finished = completed - before
+    log.info('%s: %s', stage.name, report.progress(finished, running, stage.tasks,
                                                    stage.unit_bytes, time.time() - start))
 
 
