@@ -79,6 +79,8 @@ def write_jsonl_shards(folder: str, prose: Prose, total_bytes: int, shard_bytes:
 
 
 def shingle_set(text: str, n: int = 5) -> set:
+  """Word n-grams as datatrove's MinHash sees them (jaxgpt.data.dedup.shingles hashes the
+  same words)."""
   words = simplify_text(text).split()
   return {' '.join(words[i:i + n]) for i in range(len(words) - n + 1)}
 

@@ -1,11 +1,13 @@
 """Preparing corpora of growing size on this machine's cores: time, memory, reopening.
 
-    python benchmarks/data_prep.py [--sizes_mb=100,400,1600] [--dir=/tmp/jaxgpt-data-bench]
+    python benchmarks/data_prep.py [--runs=web:100,web:400,web:1600,code:100]
+        [--dir=/tmp/jaxgpt-data-bench]
 
-Each corpus is JSONL shards of distinct English-like documents made from the standard
-library's docstrings (benchmarks/corpora.py; nothing is downloaded), prepared with the
-'web' profile (language ID, Gopher and C4 rules, exact and near dedup) by
-`python -m jaxgpt.data.build`, the same process `--mode=prepare` starts. Peak memory is the
+Each corpus (MB) is JSONL shards of distinct English-like documents made from the standard
+library's docstrings (benchmarks/corpora.py; nothing is downloaded), prepared with a
+profile ('web': language ID, Gopher and C4 rules; 'code': the basic filters only; both with
+exact and near dedup) by `python -m jaxgpt.data.build`, the process `--mode=prepare`
+starts. Peak memory is the
 largest sum of resident memory over that process and its workers, sampled every 0.2 s.
 The table also gives SentencePiece's own encode rate on the same cores, the time to reopen
 the finished store, and near-duplicate detection on planted pairs.
@@ -32,9 +34,9 @@ from jaxgpt.data import tokenizer as tokenizer_lib  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def data_config(paths):
+def data_config(paths, profile):
   c = base.data_config()
-  c.source, c.paths, c.profile = 'files', tuple(paths), 'web'
+  c.source, c.paths, c.profile = 'files', tuple(paths), profile
   return c
 
 
@@ -124,13 +126,14 @@ def dedup_quality(prose, n_pairs=600):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--sizes_mb', default='100,400,1600')
+  parser.add_argument('--runs', default='web:100,web:400,web:1600,code:100')
   parser.add_argument('--dir', default='/tmp/jaxgpt-data-bench')
   parser.add_argument('--shard_mb', type=int, default=32)
   args = parser.parse_args()
   prose = corpora.Prose()
   rows = []
-  for size_mb in [int(s) for s in args.sizes_mb.split(',')]:
+  for run in args.runs.split(','):
+    profile, size_mb = run.split(':')[0], int(run.split(':')[1])
     corpus_dir = os.path.join(args.dir, f'corpus-{size_mb}mb')
     if not os.path.exists(os.path.join(corpus_dir, 'done')):
       shutil.rmtree(corpus_dir, ignore_errors=True)
@@ -141,15 +144,15 @@ def main():
       print(f'made the {size_mb} MB corpus in {time.time() - start:.0f} s', flush=True)
     paths = sorted(os.path.join(corpus_dir, p) for p in os.listdir(corpus_dir)
                    if p.endswith('.jsonl'))
-    cfg = data_config(paths)
-    workdir = os.path.join(args.dir, f'run-{size_mb}mb')
+    cfg = data_config(paths, profile)
+    workdir = os.path.join(args.dir, f'run-{profile}-{size_mb}mb')
     shutil.rmtree(workdir, ignore_errors=True)
     seconds, peak = prepare_measured(cfg, os.path.join(workdir, 'data'))
     with open(os.path.join(workdir, 'data', 'manifest.json')) as f:
       manifest = json.load(f)
     nbytes = sum(os.path.getsize(p) for p in paths)
     rows.append({
-        'corpus_mb': round(nbytes / 1e6), 'seconds': round(seconds, 1),
+        'profile': profile, 'corpus_mb': round(nbytes / 1e6), 'seconds': round(seconds, 1),
         'mb_per_s': round(nbytes / 1e6 / seconds, 2),
         'encode_mb_per_s': round(encode_rate(os.path.join(workdir, 'data', 'tokenizer.model'),
                                              paths), 2),

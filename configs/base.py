@@ -61,6 +61,9 @@ def data_config() -> ml_collections.ConfigDict:
   d.clean.gopher.max_ellipsis_lines = 0.3  # share of lines ending with an ellipsis
   d.clean.gopher.min_alpha_words = 0.8  # share of words with an alphabetic character
   d.clean.gopher.min_stop_words = 2  # of: the, be, to, of, and, that, have, with
+  # Gopher's repetition rules too (duplicate lines, paragraphs, n-grams; Rae et al. table A1):
+  # thorough but the slowest step, so off; the basic repeated-line filter always runs.
+  d.clean.gopher.repetition = False
   d.clean.c4 = ml_collections.ConfigDict()  # 'web': Raffel et al. 2020, section 2.2
   d.clean.c4.min_sentences = 5  # pages with fewer sentences are dropped (-1: off)
   d.clean.c4.min_words_per_line = 3  # shorter lines are dropped (-1: off)

@@ -25,6 +25,7 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 
 from jaxgpt.errors import UserError
 
+_WHITESPACE_CONTROLS = str.maketrans('', '', '\n\t\r')
 _WORD = re.compile(r"\w+(?:['’.-]\w+)*|[^\w\s]+")
 _SENTENCE_END = re.compile(r'(?:(?<=[.!?])|(?<=[.!?]["\')\]]))\s+')
 
@@ -111,7 +112,7 @@ def text_fraction(text: str) -> float:
   """Share of characters that are printable or ordinary whitespace."""
   if not text:
     return 0.0
-  if text.isprintable():
+  if text.translate(_WHITESPACE_CONTROLS).isprintable():  # the common case, at C speed
     return 1.0
   good = sum(ch.isprintable() or ch in '\n\t\r' for ch in text)
   return good / len(text)
@@ -183,8 +184,10 @@ def _gopher(cfg):
       max_symbol_word_ratio=g.max_symbol_word_ratio, max_bullet_lines_ratio=g.max_bullet_lines,
       max_ellipsis_lines_ratio=g.max_ellipsis_lines, max_non_alpha_words_ratio=g.min_alpha_words,
       min_stop_words=g.min_stop_words, language=WORDS)
-  repetition = GopherRepetitionFilter(language=WORDS)
-  return [quality, Meter('gopher_quality'), repetition, Meter('gopher_repetition')]
+  chain = [quality, Meter('gopher_quality')]
+  if g.repetition:  # duplicated lines, paragraphs and n-grams: thorough, and slow
+    chain += [GopherRepetitionFilter(language=WORDS), Meter('gopher_repetition')]
+  return chain
 
 
 def _c4(cfg):

@@ -14,6 +14,7 @@ Memory is bounded by one task's signatures and by the duplicate pairs, never the
 """
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -21,12 +22,13 @@ import xxhash
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets
 from datatrove.utils.hashing import HashConfig
-from datatrove.utils.text import simplify_text
 
 from jaxgpt.errors import UserError
 
 _PRIME = np.uint64((1 << 61) - 1)
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # combines word hashes into n-gram hashes
+_WORDS = re.compile(r'[^\W\d_]+|\d+')
+_NUMBER = xxhash.xxh64_intdigest(b'0')
 _CHUNK = 4096  # shingles per block of the signature's (shingles x permutations) product
 EXACT, NEAR = 1, 2
 
@@ -49,11 +51,13 @@ def candidate_probability(similarity, bands: int, rows: int):
 
 
 def shingles(text: str, n: int) -> np.ndarray:
-  """Hashes of the word n-grams of the simplified text (lower case, no punctuation)."""
-  words = simplify_text(text).split()
+  """Hashes of the word n-grams of the text in lower case, without punctuation, every
+  number the same word (what datatrove's simplify_text does, in one regex pass)."""
+  words = _WORDS.findall(text.lower())
   if len(words) < n:
     return np.zeros(0, np.uint64)
-  h = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in words), np.uint64, len(words))
+  h = np.fromiter((_NUMBER if w[0].isdigit() else xxhash.xxh64_intdigest(w.encode())
+                   for w in words), np.uint64, len(words))
   out = h[:len(h) - n + 1].copy()
   for j in range(1, n):
     out = out * _MIX + h[j:len(h) - n + 1 + j]
