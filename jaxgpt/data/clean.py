@@ -149,6 +149,18 @@ class BasicFilter(BaseFilter):
     return True
 
 
+_IDENTIFIER = []
+
+
+def language_identifier():
+  """langid's model, loaded once per process (it takes seconds): the local executor loads
+  it before forking its workers, which then share it."""
+  if not _IDENTIFIER:
+    from langid.langid import LanguageIdentifier, model
+    _IDENTIFIER.append(LanguageIdentifier.from_modelstring(model, norm_probs=True))
+  return _IDENTIFIER[0]
+
+
 class LanguageFilter(BaseFilter):
   """Keeps documents langid labels as one of `languages` with probability >= threshold.
 
@@ -161,13 +173,9 @@ class LanguageFilter(BaseFilter):
     super().__init__()
     self.languages = tuple(cfg.languages)
     self.threshold, self.max_chars = cfg.threshold, cfg.max_chars
-    self._identifier = None
 
   def filter(self, doc: Document):
-    if self._identifier is None:
-      from langid.langid import LanguageIdentifier, model
-      self._identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
-    lang, prob = self._identifier.classify(doc.text[:self.max_chars])
+    lang, prob = language_identifier().classify(doc.text[:self.max_chars])
     doc.metadata['language'] = lang
     if self.languages and lang not in self.languages:
       return False, f'language_{lang}'

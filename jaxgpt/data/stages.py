@@ -21,6 +21,7 @@ import traceback
 import ml_collections
 from datatrove.pipeline.base import PipelineStep
 
+from jaxgpt.data import clean
 from jaxgpt.data import curate as curate_lib
 from jaxgpt.data import dedup
 from jaxgpt.data import pipeline
@@ -156,8 +157,10 @@ def stages(cfg, plan: pipeline.Plan, directory: str, work: str, data_fp: str,
   return out
 
 
-def run_local(cfg, stage_list: list[Stage], logs: str):
+def run_local(cfg, stage_list: list[Stage], logs: str, language_id: bool):
   from datatrove.executor import LocalPipelineExecutor
+  if language_id:
+    clean.language_identifier()  # loaded here once, shared by the forked workers
   for stage in stage_list:
     # Forked workers: this interpreter holds no jax and no threads but the progress line's.
     executor = LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks,
@@ -239,7 +242,8 @@ def main(argv):
              'cluster: --mode=prepare --config.data.prep.executor=slurm (docs/data.md)',
              report.size(total), len(plan.sources), len(plan.units),
              workers(cfg, len(plan.units)))
-    run_local(cfg, stage_list, logs)
+    run_local(cfg, stage_list, logs, cfg.clean.language.languages
+              and any(s.profile == 'web' for s in plan.sources))
   except UserError as e:
     with open(os.path.join(directory, 'error.txt'), 'w') as f:
       f.write(str(e))
