@@ -3,9 +3,14 @@
 A module of its own, so that the stages' classes are pickled by reference (datatrove's
 Slurm jobs unpickle them) rather than as members of __main__.
 """
+import os
 import sys
 
-from jaxgpt.data import stages
-
 if __name__ == '__main__':
+  # One BLAS thread per process, set before numpy loads: the worker processes are the
+  # parallelism (langid ran 6x slower with two workers each spreading over both cores).
+  # Slurm jobs submitted from here inherit it.
+  for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
+    os.environ.setdefault(var, '1')
+  from jaxgpt.data import stages
   stages.main(sys.argv)

@@ -169,11 +169,7 @@ def _build_in_subprocess(cfg, directory, tokenizer):
   if os.path.exists(error_path):
     os.remove(error_path)
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  # One thread of BLAS per worker process: the processes are the parallelism (langid's
-  # products ran 6x slower with two workers each spreading over both cores).
-  env = {'OPENBLAS_NUM_THREADS': '1', 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1',
-         **os.environ,
-         'PYTHONPATH': os.pathsep.join([root, os.environ.get('PYTHONPATH', '')])}
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join([root, os.environ.get('PYTHONPATH', '')])}
   code = subprocess.run(args, env=env).returncode
   if os.path.exists(error_path):
     with open(error_path) as f:
