@@ -160,9 +160,13 @@ def main():
         + manifest['tokens']['val'], 'kept_docs': sum(manifest['documents'].values()),
         'reopen_s': round(reopen_seconds(cfg, workdir), 4)})
     rows[-1]['vs_encode'] = round(rows[-1]['mb_per_s'] / rows[-1]['encode_mb_per_s'], 2)
+    with open(os.path.join(workdir, 'data', 'logs', 'seconds.json')) as f:
+      rows[-1]['stage_seconds'] = json.load(f)
     print(json.dumps(rows[-1]), flush=True)
   from benchmarks.common import print_table, write_json
-  print_table(rows, list(rows[0]))
+  print_table(rows, [k for k in rows[0] if k != 'stage_seconds'])
+  for r in rows:
+    print(f"{r['profile']} {r['corpus_mb']} MB, seconds per stage: {r['stage_seconds']}")
   quality = dedup_quality(prose)
   print('near-duplicate detection on planted pairs:', quality)
   write_json(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data_prep.json'),

@@ -184,6 +184,11 @@ class LanguageFilter(BaseFilter):
     return True
 
 
+def _named(step, name):
+  step.name = name  # datatrove's names carry emoji; the card and counts use ours
+  return step
+
+
 def _gopher(cfg):
   g = cfg.gopher
   quality = GopherQualityFilter(
@@ -192,19 +197,20 @@ def _gopher(cfg):
       max_symbol_word_ratio=g.max_symbol_word_ratio, max_bullet_lines_ratio=g.max_bullet_lines,
       max_ellipsis_lines_ratio=g.max_ellipsis_lines, max_non_alpha_words_ratio=g.min_alpha_words,
       min_stop_words=g.min_stop_words, language=WORDS)
-  chain = [quality, Meter('gopher_quality')]
+  chain = [_named(quality, 'gopher_quality'), Meter('gopher_quality')]
   if g.repetition:  # duplicated lines, paragraphs and n-grams: thorough, and slow
-    chain += [GopherRepetitionFilter(language=WORDS), Meter('gopher_repetition')]
+    chain += [_named(GopherRepetitionFilter(language=WORDS), 'gopher_repetition'),
+              Meter('gopher_repetition')]
   return chain
 
 
 def _c4(cfg):
   c = cfg.c4
-  return [C4QualityFilter(
+  return [_named(C4QualityFilter(
       min_num_sentences=c.min_sentences, min_words_per_line=c.min_words_per_line,
       max_word_length=c.max_word_length, filter_no_terminal_punct=c.terminal_punctuation,
       filter_lorem_ipsum=True, filter_javascript=True, filter_curly_bracket=c.curly_bracket,
-      filter_policy=True, language=WORDS), Meter('c4')]
+      filter_policy=True, language=WORDS), 'c4'), Meter('c4')]
 
 
 def steps(profile: str, cfg) -> list[PipelineStep]:

@@ -164,21 +164,28 @@ def write_card(directory: str, m: dict):
            '| source | kind | profile | weight | split |', '|---|---|---|---|---|']
   lines += [f"| {s['name']} | {s['kind']} | {s['profile']} | {s['weight']} | {s['split']} |"
             for s in m['sources']]
-  lines += ['', '## Stages (documents / bytes after each step)', '']
+  lines += ['', '## Curation: documents and bytes after each step, and what it dropped', '']
   for name, src in m['stages'].items():
     lines += [f'### {name}', '', '| step | documents | bytes | dropped |', '|---|---|---|---|']
     for step, c in src['steps'].items():
-      drops = ', '.join(f"{k[len('dropped_'):]}: {v:,}" for k, v in c.items()
+      drops = ', '.join(f"{k[len('dropped_'):]} {v:,}" for k, v in c.items()
                         if k.startswith('dropped_'))
-      lines.append(f"| {step} | {c.get('documents', ''):,} | {size(c.get('bytes', 0))} | "
-                   f"{drops or c.get('dropped', '')} |" if 'documents' in c else
-                   f"| {step} | | | {drops or c.get('dropped', 0)} |")
+      if 'documents' in c:
+        lines.append(f"| {step} | {c['documents']:,} | {size(c['bytes'])} | {drops} |")
+      else:
+        lines.append(f"| {step} | | | changed {c.get('changed', 0):,} |")
     if src['bad_records']:
       lines += ['', f"Bad records: {src['bad_records']}", '']
       lines += [f'- {n}' for n in src['bad_names']]
     lines.append('')
-  lines += ['## Deduplication', '', json.dumps(m['dedup']), '', '## Mixture (training tokens)',
-            '', '| source | weight | tokens | share of tokens |', '|---|---|---|---|']
+  d = m['dedup']
+  lines += ['## Deduplication', '', '| candidate pairs | verified pairs | exact duplicates | '
+            'near duplicates | bytes removed |', '|---|---|---|---|---|',
+            f"| {d.get('candidate_pairs', 0):,} | {d.get('verified_pairs', 0):,} | "
+            f"{d.get('exact_duplicates', 0):,} | {d.get('near_duplicates', 0):,} | "
+            f"{size(d.get('duplicate_bytes', 0))} |", '',
+            '## Mixture (training tokens)', '',
+            '| source | weight | tokens | share of tokens |', '|---|---|---|---|']
   total = sum(m['mixture']['train_tokens'].values()) or 1
   for name, w in m['mixture']['weights'].items():
     t = m['mixture']['train_tokens'][name]

@@ -158,9 +158,11 @@ def stages(cfg, plan: pipeline.Plan, directory: str, work: str, data_fp: str,
 
 
 def run_local(cfg, stage_list: list[Stage], logs: str, language_id: bool):
+  """Each stage in turn on datatrove's local executor; each stage's seconds to logs/."""
   from datatrove.executor import LocalPipelineExecutor
   if language_id:
     clean.language_identifier()  # loaded here once, shared by the forked workers
+  seconds = {}
   for stage in stage_list:
     # Forked workers: this interpreter holds no jax and no threads but the progress line's.
     executor = LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks,
@@ -171,11 +173,17 @@ def run_local(cfg, stage_list: list[Stage], logs: str, language_id: bool):
     monitor = threading.Thread(target=_progress, daemon=True,
                                args=(stage, os.path.join(logs, stage.name), done))
     monitor.start()
+    start = time.time()
     try:
       executor.run()
     finally:
       done.set()
       monitor.join()
+    seconds[stage.name] = round(time.time() - start, 2)
+    if stage.tasks > 1:
+      log.info('%s: %d tasks done in %s', stage.name, stage.tasks,
+               report.duration(seconds[stage.name]))
+  shards.write_json(os.path.join(logs, 'seconds.json'), seconds)
 
 
 def _progress(stage: Stage, logs: str, done: threading.Event):
