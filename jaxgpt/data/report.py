@@ -185,7 +185,7 @@ def write_card(directory: str, m: dict):
             f"{d.get('exact_duplicates', 0):,} | {d.get('near_duplicates', 0):,} | "
             f"{size(d.get('duplicate_bytes', 0))} |", '',
             '## Mixture (training tokens)', '',
-            '| source | weight | tokens | share of tokens |', '|---|---|---|---|']
+            '| source | weight | tokens stored | share of stored tokens |', '|---|---|---|---|']
   total = sum(m['mixture']['train_tokens'].values()) or 1
   for name, w in m['mixture']['weights'].items():
     t = m['mixture']['train_tokens'][name]
@@ -210,13 +210,19 @@ def _histogram(m, key, xlabel, path):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4))
   edges = 2.0 ** np.arange(shards.HIST_BINS + 1)
+  used = np.zeros(shards.HIST_BINS, bool)
   for name, splits in m['per_source'].items():
     counts = np.sum([c[key] for c in splits.values()], axis=0)
     if counts.any():
       ax.stairs(counts, edges, label=name)
+      used |= counts > 0
+  if used.any():
+    first, last = np.flatnonzero(used)[[0, -1]]
+    ax.set_xlim(edges[first], edges[last + 1])
   ax.set_xscale('log', base=2)
   ax.set_xlabel(xlabel)
   ax.set_ylabel('documents')
+  ax.set_title(f'{xlabel} (train and validation)')
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
