@@ -185,6 +185,11 @@ def test_mixture_weights_are_realised_by_the_loader(tmp_path):
   assert abs(from_a - 0.75) < 0.03, from_a
   card = (pathlib.Path(prepared.directory) / 'card.md').read_text()
   assert '| a | 3.0 |' in card
+  assert len(prepared.shards('train')) >= 2  # one per source at least
+  parts = [_take(iter(loader.train_loader(prepared, 16, 8, 0, p, 2)), 3) for p in range(2)]
+  for step in range(3):  # each process reads its rows of the same global batches
+    np.testing.assert_array_equal(np.concatenate([parts[0][step], parts[1][step]]),
+                                  batches[step])
 
 
 def test_a_killed_preparation_resumes_from_its_finished_tasks(corpus_dir, tmp_path):
