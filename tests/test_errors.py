@@ -106,3 +106,22 @@ def test_run_py_prints_user_errors_without_traceback(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh.shape=')
   assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('field, value, match', [
+    ('profile', 'prose', r"data.profile='prose' \(files\): use 'web'"),
+    ('prep.workers', -1, r'data.prep.workers=-1 is out of range'),
+    ('tokenizer.sample_mb', 0, r'data.tokenizer.sample_mb=0 is out of range'),
+    ('dedup.threshold', 1.5, r'data.dedup.threshold=1.5 is a Jaccard similarity'),
+    ('clean.normalize', 'XYZ', r"data.clean.normalize='XYZ': use 'NFC'"),
+])
+def test_data_preparation_fields_out_of_range(corpus_dir, tmp_path, field, value, match):
+  from jaxgpt.data import pipeline
+  c = tiny_config(corpus_dir).data
+  *parents, leaf = field.split('.')
+  node = c
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(UserError, match=match):
+    pipeline.prepare(c, str(tmp_path))

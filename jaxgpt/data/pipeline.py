@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 from jaxgpt.data import corpus
+from jaxgpt.data import dedup as dedup_lib
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
 
@@ -61,7 +62,25 @@ class Plan:
             for u in self.units]
 
 
+def check_config(cfg):
+  """The preparation's numeric fields, checked before anything is read."""
+  for field, value, ok, valid in (
+      ('prep.workers', cfg.prep.workers, cfg.prep.workers >= 0, '0 (one per core) or more'),
+      ('prep.unit_mb', cfg.prep.unit_mb, cfg.prep.unit_mb > 0, 'more than 0'),
+      ('tokenizer.sample_mb', cfg.tokenizer.sample_mb, cfg.tokenizer.sample_mb > 0,
+       'more than 0'),
+      ('val_fraction', cfg.val_fraction, 0 <= cfg.val_fraction < 1, 'in [0, 1)'),
+      ('clean.language.threshold', cfg.clean.language.threshold,
+       0 <= cfg.clean.language.threshold <= 1, 'in [0, 1]'),
+      ('clean.language.max_chars', cfg.clean.language.max_chars,
+       cfg.clean.language.max_chars > 0, 'more than 0')):
+    if not ok:
+      raise UserError(f'data.{field}={value} is out of range: use {valid}')
+  dedup_lib.minhash_config(cfg.dedup)  # bands, rows, ngram, threshold
+
+
 def make_plan(cfg) -> Plan:
+  check_config(cfg)
   if cfg.prep.executor not in ('local', 'slurm'):
     raise UserError(f"data.prep.executor={cfg.prep.executor!r}: use 'local' or 'slurm'")
   if cfg.prep.executor == 'slurm' and not cfg.prep.slurm.partition:
