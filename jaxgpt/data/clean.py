@@ -34,9 +34,15 @@ def content_hash(text: str) -> str:
   return hashlib.sha256(text.encode('utf-8')).hexdigest()
 
 
+def buckets(text: str) -> tuple[float, float]:
+  """Two independent places of a document in [0, 1), from its content: the first decides
+  the split (below data.val_fraction it is held out), the second the tokenizer sample."""
+  h = content_hash(text)
+  return int(h[:8], 16) / 0x1_0000_0000, int(h[8:16], 16) / 0x1_0000_0000
+
+
 def val_bucket(text: str) -> float:
-  """Where a document falls in [0, 1): below data.val_fraction it is held out."""
-  return int(content_hash(text)[:8], 16) / 0x1_0000_0000
+  return buckets(text)[0]
 
 
 class RegexWords(WordTokenizer):

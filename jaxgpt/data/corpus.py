@@ -193,7 +193,8 @@ class BadRecords:
     if not self.skip:
       raise UserError(f'{where}: {reason}; {fix}, or set --config.data.skip_bad_records=True '
                       'to skip and count such records')
-    self.counts[reason.split(' (')[0]] = self.counts.get(reason.split(' (')[0], 0) + 1
+    kind = reason.split(' (')[0]  # without the detail: 'not valid JSON', 'not UTF-8', ...
+    self.counts[kind] = self.counts.get(kind, 0) + 1
     if len(self.names) < BAD_NAMES_KEPT:
       self.names.append(f'{where}: {reason}')
 

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from jaxgpt.data import corpus
 from jaxgpt.data import shards
 from jaxgpt.errors import UserError
 
@@ -59,7 +60,7 @@ def _stages(curate_counts) -> dict:
   for c in curate_counts:
     src = out.setdefault(c['source'], {'steps': {}, 'bad_records': {}, 'bad_names': []})
     _add(src['bad_records'], c['bad_records'])
-    src['bad_names'] = (src['bad_names'] + c['bad_names'])[:20]
+    src['bad_names'] = (src['bad_names'] + c['bad_names'])[:corpus.BAD_NAMES_KEPT]
     for step in c['steps']:
       stats = {k: int(v) for k, v in step['stats'].items()
                if k in ('documents', 'bytes', 'dropped', 'changed') or k.startswith('dropped_')}
@@ -147,7 +148,10 @@ def manifest(cfg, plan, work, directory, tokenizer, data_fp, fingerprint, second
 
 def _dedup(work) -> dict:
   path = os.path.join(work, 'remove', 'counts.json')
-  counts = json.load(open(path)) if os.path.exists(path) else {}
+  counts = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      counts = json.load(f)
   for c in _load_counts(os.path.join(work, 'dropped')):
     _add(counts, c)
   return counts

@@ -63,10 +63,9 @@ class CuratedWriter(PipelineStep):
     os.replace(sample_path + '.tmp', sample_path)
 
   def _sampled(self, text: str) -> bool:
-    h = clean.content_hash(text)
-    if int(h[:8], 16) / 0x1_0000_0000 < self.val_fraction:
-      return False  # a validation document: the tokenizer never sees it
-    return int(h[8:16], 16) / 0x1_0000_0000 < self.sample_rate
+    split, sample = clean.buckets(text)
+    # a validation document (split below val_fraction): the tokenizer never sees it
+    return split >= self.val_fraction and sample < self.sample_rate
 
 
 def read_curated(folder: str, rank: int):

@@ -54,11 +54,13 @@ class TrainTokenizer(PipelineStep):
 
   def run(self, data=None, rank=0, world_size=1):
     report.check_not_empty(self.work)
-    if self.given or self.cfg.model_path:
-      tok = tokenizer_lib.Tokenizer.load(self.given or self.cfg.model_path)
+    if self.given:
+      tok = tokenizer_lib.Tokenizer.load(self.given)
     else:
-      logging.getLogger('jaxgpt').info('training the tokenizer on a sample of the documents')
-      tok = tokenizer_lib.train(shards.read_sample(os.path.join(self.work, 'sample')), self.cfg)
+      if not self.cfg.model_path:
+        logging.getLogger('jaxgpt').info('training the tokenizer on a sample of the documents')
+      tok = tokenizer_lib.train_or_load(shards.read_sample(os.path.join(self.work, 'sample')),
+                                        self.cfg)
     tok.save(os.path.join(self.directory, 'tokenizer.model'))
     return
     yield
