@@ -8,6 +8,7 @@ hugepages.ensure()  # re-executes once, before jax loads: huge pages for XLA:CPU
 
 import json  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
@@ -146,6 +147,18 @@ def _plan():
   print(f'wrote {path}')
 
 
+def _parse_flags(argv):
+  """absl's parsing, except that a config file's own error (its get_config raised) is shown
+  as its message alone, not inside ml_collections' traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    if 'Error whilst parsing config file' not in str(e):
+      return app.parse_flags_with_usage(argv)  # absl's message for every other flag error
+    last = str(e).strip().splitlines()[-1].strip()
+    print(f"error: {re.sub(r'^[A-Za-z]+Error: ', '', last)}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main, flags_parser=lambda argv: _exit_on_unknown_key(
-      lambda: app.parse_flags_with_usage(argv)))
+  app.run(main, flags_parser=lambda argv: _exit_on_unknown_key(lambda: _parse_flags(argv)))
