@@ -47,10 +47,10 @@ def data_config() -> ml_collections.ConfigDict:
   d.clean.max_chars = 1_000_000  # drop documents longer than this (0: no limit)
   d.clean.min_text_fraction = 0.7  # drop if fewer printable characters than this share
   d.clean.max_repeated_line_fraction = 0.5  # drop if this share of lines are repeats
-  d.clean.language = ml_collections.ConfigDict()  # 'web' profile: langid (ships its model)
+  d.clean.language = ml_collections.ConfigDict()  # 'web' profile: fastText's lid.176 (shipped)
   d.clean.language.languages = ('en',)  # ISO 639-1 codes kept; () skips language ID
   d.clean.language.threshold = 0.65  # minimum probability of the detected language
-  d.clean.language.max_chars = 1000  # characters of each document langid reads
+  d.clean.language.max_chars = 1000  # characters of each document it reads
   d.clean.gopher = ml_collections.ConfigDict()  # 'web': Rae et al. 2021, appendix A
   d.clean.gopher.min_words = 50
   d.clean.gopher.max_words = 100_000

@@ -70,8 +70,9 @@ def test_web_profile_keeps_prose_and_drops_what_each_rule_names():
             'lever. Ils allumaient les fours avant que le soleil ne se lève sur les collines. '
             * 4)
   few_words = 'The end of the story, and the start of the next one.'
-  no_stop_words = '\n'.join(f'Blue {w} green {w} red {w} yellow {w} orange {w} purple {w}.'
-                            for w in ('apple', 'melon', 'grape', 'lemon', 'peach', 'mango'))
+  no_stop_words = '\n'.join(
+      f'Fresh {w}s grow slowly in warm gardens near quiet rivers, so farmers pick them early.'
+      for w in ('apple', 'melon', 'grape', 'lemon', 'peach', 'mango'))
   bullets = '\n'.join(f'- item {line}' for line in GOOD_PROSE.splitlines())
   lorem = GOOD_PROSE + '\nLorem ipsum dolor sit amet, and the rest of it is here.'
   braces = GOOD_PROSE + '\nThe function returns {x} to the caller of the function.'

@@ -97,6 +97,33 @@ def test_units_group_files_and_identity_needs_no_reading(tmp_path):
   assert [size for _, size, _ in identity['files']] == [100] * 6
 
 
+@pytest.mark.parametrize('unit_bytes', [7, 40, 97, 500])
+def test_a_big_jsonl_file_is_cut_into_byte_ranges_at_line_starts(tmp_path, unit_bytes):
+  texts = [f'document {i} ' + 'x' * (i % 13) for i in range(40)]
+  path = tmp_path / 'big.jsonl'
+  path.write_text(''.join(json.dumps({'text': t}) + '\n' for t in texts))
+  src = _src(paths=(str(path),))
+  units = corpus.units(src, corpus.identify(src), unit_bytes)
+  assert len(units) == -(-path.stat().st_size // unit_bytes)
+  assert units[0].start == 0 and units[-1].stop == path.stat().st_size
+  bad = corpus.BadRecords(skip=False)
+  got = [d.text for u in units for d in corpus.unit_documents(u, src, bad)]
+  assert got == texts  # every line once, in order, wherever the cuts fall
+
+
+def test_a_bad_record_in_a_byte_range_is_named_by_its_line_in_the_file(tmp_path):
+  lines = [json.dumps({'text': f'document {i}'}) for i in range(30)]
+  lines[22] = '{"text": broken'
+  path = tmp_path / 'big.jsonl'
+  path.write_text('\n'.join(lines) + '\n')
+  src = _src(paths=(str(path),))
+  units = corpus.units(src, corpus.identify(src), 100)
+  bad = corpus.BadRecords(skip=True)
+  docs = [d for u in units for d in corpus.unit_documents(u, src, bad)]
+  assert len(docs) == 29 and bad.counts == {'not valid JSON': 1}
+  assert bad.names[0].startswith(f'{path}:23: not valid JSON')
+
+
 def test_paths_with_the_stdlib_source_is_an_error():
   cfg = base.data_config()
   cfg.paths = ('corpus/*.txt',)

@@ -8,8 +8,8 @@ import sys
 
 if __name__ == '__main__':
   # One BLAS thread per process, set before numpy loads: the worker processes are the
-  # parallelism (the curate stage ran 2.8x slower with two workers each threading langid's
-  # products over both cores).
+  # parallelism (with langid, the language ID before fastText's, the curate stage ran 2.8x
+  # slower with two workers each threading its products over both cores).
   # Slurm jobs submitted from here inherit it.
   for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ.setdefault(var, '1')

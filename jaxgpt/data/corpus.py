@@ -10,6 +10,7 @@ does not decompress, a line that is not UTF-8 or JSON, or a record without the t
 stops the run naming `file:line`, or (`data.skip_bad_records`) is counted and named in the
 data card.
 """
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -52,7 +53,8 @@ class Source:
 
 @dataclasses.dataclass(frozen=True)
 class Unit:
-  """What one curation task reads: files of one source, or records [start, stop) of it."""
+  """What one curation task reads: files of one source; or the lines of one JSONL file
+  that start in bytes [start, stop); or records [start, stop) of a TFDS source."""
   source: str
   files: tuple = ()
   start: int = 0
@@ -172,6 +174,14 @@ def units(src: Source, identity: dict, unit_bytes: int) -> list[Unit]:
     return [Unit(src.name, start=a, stop=min(n, a + step)) for a in range(0, n, step)]
   out, group, size = [], [], 0
   for name, nbytes, _ in identity['files']:
+    if nbytes > unit_bytes and name.endswith('.jsonl'):  # a big file, cut at line starts
+      if group:
+        out.append(Unit(src.name, tuple(group)))
+        group, size = [], 0
+      n = -(-nbytes // unit_bytes)
+      cuts = [nbytes * i // n for i in range(n + 1)]
+      out += [Unit(src.name, (name,), a, b) for a, b in zip(cuts, cuts[1:])]
+      continue
     group.append(name)
     size += nbytes
     if size >= unit_bytes:
@@ -209,29 +219,79 @@ def _open_lines(path: str):
   return open(path, 'rb')
 
 
-def _jsonl_documents(path, src: Source, bad: BadRecords) -> Iterator[Document]:
-  lineno = 0
-  try:
+def _lines_before(path: str, offset: int) -> int:
+  """How many lines of a plain file end before byte `offset`."""
+  count = 0
+  with open(path, 'rb') as f:
+    while offset > 0:
+      block = f.read(min(offset, 1 << 24))
+      if not block:
+        break
+      count += block.count(b'\n')
+      offset -= len(block)
+  return count
+
+
+@contextlib.contextmanager
+def _lines(path: str, start: int, stop: int):
+  """(binary lines, byte offset of the first): of the whole file when stop is 0, else of the
+  lines of a plain file that start in bytes [start, stop)."""
+  if not stop:
     with _open_lines(path) as f:
-      for lineno, raw in enumerate(f, 1):
+      yield f, 0
+    return
+  with open(path, 'rb') as f:
+    if start:
+      f.seek(start - 1)
+      f.readline()  # the rest of the line before ours, or just its newline
+    first = f.tell()
+
+    def lines():
+      pos = first
+      while pos < stop and (raw := f.readline()):
+        pos += len(raw)
+        yield raw
+    yield lines(), first
+
+
+class _LineNames:
+  """'file:line' for the lines read from byte `first` on; the lines above it are counted
+  only when a name is asked for (a bad record), not for every range read."""
+
+  def __init__(self, path: str, first: int):
+    self.path, self.first, self.above = path, first, None if first else 0
+
+  def __call__(self, lineno: int) -> str:
+    if self.above is None:
+      self.above = _lines_before(self.path, self.first)
+    return f'{self.path}:{self.above + lineno}'
+
+
+def _jsonl_documents(path, src: Source, bad: BadRecords, start: int = 0,
+                     stop: int = 0) -> Iterator[Document]:
+  lineno, name = 0, _LineNames(path, 0)
+  try:
+    with _lines(path, start, stop) as (lines, first):
+      name = _LineNames(path, first)
+      for lineno, raw in enumerate(lines, 1):
         if not raw.strip():
           continue
         try:
           record = json.loads(raw.decode('utf-8'))
         except UnicodeDecodeError as e:
-          bad.found(f'{path}:{lineno}', f'not UTF-8 (byte {e.start}: {e.reason})',
+          bad.found(name(lineno), f'not UTF-8 (byte {e.start}: {e.reason})',
                     'convert the file (iconv -t UTF-8)')
           continue
         except json.JSONDecodeError as e:
-          bad.found(f'{path}:{lineno}', f'not valid JSON ({e.msg})', 'fix or remove that line')
+          bad.found(name(lineno), f'not valid JSON ({e.msg})', 'fix or remove that line')
           continue
         if not isinstance(record, dict) or src.text_field not in record:
-          bad.found(f'{path}:{lineno}', f'no {src.text_field!r} field',
+          bad.found(name(lineno), f'no {src.text_field!r} field',
                     'set data.text_field to the field that holds the text')
           continue
-        yield Document(str(record[src.text_field]), f'{path}:{lineno}')
+        yield Document(str(record[src.text_field]), f'{path}@{first}:{lineno}')
   except (OSError, EOFError, zstandard.ZstdError) as e:  # a truncated or corrupt shard
-    bad.found(f'{path}:{lineno + 1}', f'a corrupt shard ({type(e).__name__}: {e})',
+    bad.found(name(lineno + 1), f'a corrupt shard ({type(e).__name__}: {e})',
               'replace the file')
 
 
@@ -277,6 +337,9 @@ def file_documents(path: str, src: Source, bad: BadRecords) -> Iterator[Document
 
 def unit_documents(unit: Unit, src: Source, bad: BadRecords) -> Iterator[Document]:
   if src.kind != 'tfds':
+    if unit.stop:  # a byte range of one JSONL file
+      yield from _jsonl_documents(unit.files[0], src, bad, unit.start, unit.stop)
+      return
     for path in unit.files:
       yield from file_documents(path, src, bad)
     return

@@ -41,7 +41,7 @@ class Curate(PipelineStep):
     docs = _report_bytes(docs, os.path.join(self.progress_folder, f'{rank:05d}'))
     chain = self.chains[src.profile]
     for step in chain:
-      docs = step(docs, rank, world_size)
+      docs = clean.in_runs(step(docs, rank, world_size))
     yield from docs
     os.makedirs(self.counts_folder, exist_ok=True)
     write_json(os.path.join(self.counts_folder, f'{rank:05d}.json'), {

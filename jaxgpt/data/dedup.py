@@ -23,12 +23,14 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets
 from datatrove.utils.hashing import HashConfig
 
+from jaxgpt.data import clean
+from jaxgpt.data import codepoints
 from jaxgpt.errors import UserError
 
 _PRIME = np.uint64((1 << 61) - 1)
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # combines word hashes into n-gram hashes
-_WORDS = re.compile(r'[^\W\d_]+|\d+')
-_NUMBER = xxhash.xxh64_intdigest(b'0')
+WORDS = re.compile(r'[^\W\d_]+|\d+')  # what word_runs finds, as a regex (for the tests)
+_NUMBER = np.uint64(xxhash.xxh64_intdigest(b'0'))
 _CHUNK = 4096  # shingles per block of the signature's (shingles x permutations) product
 EXACT, NEAR = 1, 2
 
@@ -50,14 +52,23 @@ def candidate_probability(similarity, bands: int, rows: int):
   return 1 - (1 - np.asarray(similarity) ** rows) ** bands
 
 
+def word_runs(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The code points of the text in lower case, and the starts and ends of its words:
+  runs of letters or of digits (`WORDS`, without punctuation)."""
+  cp = codepoints.array(text.lower())
+  flags = codepoints.table()[cp]
+  kind = np.where(flags & codepoints.LETTER, 1, np.where(flags & codepoints.DECIMAL, 2, 0))
+  return (cp, *codepoints.runs(kind.astype(np.int8)))
+
+
 def shingles(text: str, n: int) -> np.ndarray:
   """Hashes of the word n-grams of the text in lower case, without punctuation, every
-  number the same word (what datatrove's simplify_text does, in one regex pass)."""
-  words = _WORDS.findall(text.lower())
-  if len(words) < n:
+  number the same word (what datatrove's simplify_text does), computed in numpy."""
+  cp, starts, ends = word_runs(text)
+  if starts.size < n:
     return np.zeros(0, np.uint64)
-  h = np.fromiter((_NUMBER if w[0].isdigit() else xxhash.xxh64_intdigest(w.encode())
-                   for w in words), np.uint64, len(words))
+  h = codepoints.hashes(cp, starts, ends)
+  h[(codepoints.table()[cp[starts]] & codepoints.DECIMAL) != 0] = _NUMBER
   out = h[:len(h) - n + 1].copy()
   for j in range(1, n):
     out = out * _MIX + h[j:len(h) - n + 1 + j]
@@ -74,9 +85,12 @@ class Signatures(PipelineStep):
     self.folder, self.cfg = folder, cfg
     self.config = minhash_config(cfg)
     self.num_perm = cfg.bands * cfg.rows if cfg.near else 0
+    # Permutation i maps a shingle hash x to a_i * x + b_i modulo 2**64 (a_i odd, so it is
+    # a bijection), compared by its high bits: multiply-shift hashing, with no division.
     gen = np.random.RandomState(cfg.seed)
-    self.a = gen.randint(1, _PRIME, dtype=np.uint64, size=(1, max(self.num_perm, 1)))
-    self.b = gen.randint(0, _PRIME, dtype=np.uint64, size=(1, max(self.num_perm, 1)))
+    size = (1, max(self.num_perm, 1))
+    self.a = gen.randint(0, 1 << 63, dtype=np.uint64, size=size) * np.uint64(2) + np.uint64(1)
+    self.b = gen.randint(0, 1 << 63, dtype=np.uint64, size=size)
 
   def signature(self, text: str) -> np.ndarray | None:
     sh = shingles(text, self.cfg.ngram)
@@ -84,9 +98,8 @@ class Signatures(PipelineStep):
       return None
     out = np.full(self.num_perm, np.iinfo(np.uint64).max, np.uint64)
     for i in range(0, sh.size, _CHUNK):
-      block = (sh[i:i + _CHUNK, None] * self.a + self.b) % _PRIME
-      np.minimum(out, block.min(axis=0), out=out)
-    return out
+      np.minimum(out, (sh[i:i + _CHUNK, None] * self.a + self.b).min(axis=0), out=out)
+    return out >> np.uint64(4)  # below 2**61 - 1: datatrove's merge ignores values from it up
 
   def run(self, data, rank=0, world_size=1):
     rows, bands = self.cfg.rows, self.config.num_buckets
@@ -97,9 +110,9 @@ class Signatures(PipelineStep):
       os.makedirs(os.path.dirname(p), exist_ok=True)
     files = [open(p, 'wb') for p in paths]
     full = open(os.path.join(self.folder, f'{rank:05d}.rows'), 'wb')
-    for idx, doc in enumerate(data):
+    for idx, doc in enumerate(clean.in_runs(data)):
       # below the prime: datatrove's merge ignores bucket values from 2**61 - 1 up
-      exact = xxhash.xxh64_intdigest(doc.text.encode('utf-8')) % int(_PRIME)
+      exact = xxhash.xxh64_intdigest(doc.text.encode('utf-8', 'surrogatepass')) % int(_PRIME)
       sig = self.signature(doc.text) if self.num_perm else None
       if sig is not None:
         for b in range(self.cfg.bands):

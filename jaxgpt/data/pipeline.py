@@ -58,8 +58,8 @@ class Plan:
   @property
   def unit_bytes(self) -> list[int]:
     sizes = {name: size for s in self.identity.values() for name, size, _ in s.get('files', ())}
-    return [sum(sizes[f] for f in u.files) if u.files else 4096 * (u.stop - u.start)
-            for u in self.units]
+    return [(u.stop - u.start if u.stop else sum(sizes[f] for f in u.files)) if u.files
+            else 4096 * (u.stop - u.start) for u in self.units]
 
 
 def check_config(cfg):
