@@ -93,7 +93,8 @@ def test_units_group_files_and_identity_needs_no_reading(tmp_path):
   src = _src(paths=(str(tmp_path),))
   identity = corpus.identify(src)
   units = corpus.units(src, identity, 250)
-  assert [len(u.files) for u in units] == [3, 3]
+  assert [len(u.files) for u in units] == [2, 2, 2]  # never past 250 bytes
+  assert [len(u.files) for u in corpus.units(src, identity, 300)] == [3, 3]
   assert [size for _, size, _ in identity['files']] == [100] * 6
 
 

@@ -182,11 +182,11 @@ def units(src: Source, identity: dict, unit_bytes: int) -> list[Unit]:
       cuts = [nbytes * i // n for i in range(n + 1)]
       out += [Unit(src.name, (name,), a, b) for a, b in zip(cuts, cuts[1:])]
       continue
-    group.append(name)
-    size += nbytes
-    if size >= unit_bytes:
+    if group and size + nbytes > unit_bytes:  # a unit never grows past unit_bytes
       out.append(Unit(src.name, tuple(group)))
       group, size = [], 0
+    group.append(name)
+    size += nbytes
   if group:
     out.append(Unit(src.name, tuple(group)))
   return out
