@@ -75,6 +75,13 @@ def main(argv):
   logging.getLogger('jaxgpt').setLevel(logging.INFO)
   if FLAGS.mode == 'prepare':
     return _prepare()
+  if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:') and not (
+      FLAGS.topology[4:].isdigit() and int(FLAGS.topology[4:]) > 0):
+    _exit(f'--topology={FLAGS.topology}: use cpu:N with N a positive number of emulated '
+          'devices (e.g. cpu:8), or a TPU slice such as v5e-8')
+  if FLAGS.mode == 'predict' and not FLAGS.input_file:
+    _exit('--mode=predict needs --input_file=FILE, the texts to label (.txt lines, or '
+          'CSV/TSV/JSONL/JSON with the text field)')
   import jax
   if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:'):
     # Must happen before jax starts its CPU backend.
@@ -104,12 +111,14 @@ def main(argv):
     elif FLAGS.mode == 'export':
       finetune.export(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':
-      result = inference.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
+      result = inference.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step,
+                                             overrides=_overrides())
       if jax.process_index() == 0:
         print(json.dumps(result, indent=2))
     elif FLAGS.mode == 'sample':
       prompts = inference.read_prompts(FLAGS.prompt, FLAGS.prompts_file)
-      records = inference.sample_checkpoint(FLAGS.config, FLAGS.workdir, prompts, FLAGS.step)
+      records = inference.sample_checkpoint(FLAGS.config, FLAGS.workdir, prompts, FLAGS.step,
+                                            overrides=_overrides())
       if jax.process_index() == 0:
         for i, r in enumerate(records):
           end = ' [end of document]' if r['stopped_at_eod'] else ''
@@ -118,20 +127,30 @@ def main(argv):
     elif FLAGS.mode == 'plan':
       _plan()
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit(str(e))
+
+
+def _exit(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _overrides() -> list[str]:
+  """The config fields the command line set (--config.model.d_model=128 -> model.d_model)."""
+  return [a[len('--config.'):].split('=')[0] for a in sys.argv[1:] if a.startswith('--config.')]
 
 
 def _prepare():
+  from jaxgpt import workdir
   from jaxgpt.data import pipeline
   try:
-    prepared = pipeline.prepare(FLAGS.config.data, FLAGS.workdir)
+    with workdir.owned(FLAGS.workdir):
+      prepared = pipeline.prepare(FLAGS.config.data, FLAGS.workdir)
   except pipeline.Submitted as e:
     print(e)
     return
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit(str(e))
   print(f"token store: {prepared.directory} ({prepared.manifest['tokens']['train']:,} training "
         f"tokens); data card: {prepared.directory}/card.md")
 
@@ -156,7 +175,8 @@ def _parse_flags(argv):
     if 'Error whilst parsing config file' not in str(e):
       return app.parse_flags_with_usage(argv)  # absl's message for every other flag error
     last = str(e).strip().splitlines()[-1].strip()
-    print(f"error: {re.sub(r'^[A-Za-z]+Error: ', '', last)}", file=sys.stderr)
+    message = re.sub(r'^[\w.]+Error: ', '', last)
+    print(f'error: {message}', file=sys.stderr)
     sys.exit(2)
 
 

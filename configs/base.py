@@ -104,6 +104,14 @@ def data_config() -> ml_collections.ConfigDict:
   return d
 
 
+def no_argument(arg, experiment: str):
+  """For an experiment's get_config that takes no `:argument`: one given is a mistake."""
+  if arg:
+    from jaxgpt.errors import UserError
+    raise UserError(f'{experiment} takes no :argument (got {arg!r}); drop it, or see the '
+                    'experiments that take one (gpt2.py, gpt3.py, mixture.py)')
+
+
 def source_config(**fields) -> ml_collections.ConfigDict:
   """One entry of data.mixture: the data config's source fields, a weight, and `fields`."""
   d = data_config()

@@ -1,5 +1,7 @@
 """Model size presets: (num_layers, d_model, num_heads, seq_len)."""
 
+from jaxgpt.errors import UserError
+
 # GPT-3 paper, table 2.1. The table's 24 heads for 1.3B do not divide its width (2048);
 # like most reimplementations we keep its head size, 128, which gives 16 heads.
 GPT3 = {
@@ -41,5 +43,5 @@ def apply(config, preset):
 
 def preset(table, name, family):
   if name not in table:
-    raise KeyError(f'unknown {family} preset {name!r}; choose one of {", ".join(table)}')
+    raise UserError(f'unknown {family} preset {name!r}; choose one of {", ".join(table)}')
   return table[name]

@@ -10,7 +10,7 @@ from configs import base
 
 
 def get_config(arg=None):
-  del arg
+  base.no_argument(arg, 'experiments/default.py')
   c = base.get_config()
   c.data.profile = 'code'  # the standard library is code: prose rules would drop it all
   c.model.num_layers = 4

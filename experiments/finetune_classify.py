@@ -10,11 +10,11 @@ A head on the last real token's final state; the data hold a text and a label co
 TSV, JSONL or JSON). Reports accuracy and per-class precision, recall and F1 on each
 split, and writes confusion matrices as PNG.
 """
-from configs import finetune
+from configs import base, finetune
 
 
 def get_config(arg=None):
-  del arg
+  base.no_argument(arg, 'experiments/finetune_classify.py')
   c = finetune.get_config('classify')
   c.train.batch_size = 16
   c.lock()

@@ -11,11 +11,11 @@ responses are written to WORKDIR/responses.jsonl beside the references.
 `--mode=export` writes the model with LoRA adapters merged into WORKDIR/merged, a plain
 checkpoint that `--mode=sample` and `--mode=eval` read.
 """
-from configs import finetune
+from configs import base, finetune
 
 
 def get_config(arg=None):
-  del arg
+  base.no_argument(arg, 'experiments/finetune_instruct.py')
   c = finetune.get_config('instruct')
   c.train.batch_size = 8
   c.lock()

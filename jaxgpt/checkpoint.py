@@ -8,6 +8,7 @@ checkpoint; with async saving the arrays are copied off the devices and written 
 background while training goes on.
 """
 import base64
+import logging
 import os
 
 import grain
@@ -15,6 +16,11 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxgpt.data import tokenizer as tokenizer_lib
+from jaxgpt.errors import UserError
+
+log = logging.getLogger('jaxgpt')
+# The files each item of a step must have; what a damaged step lacks is named from these.
+_ITEM_FILES = {'state': '_METADATA', 'config': 'metadata', 'tokenizer': 'metadata'}
 
 
 class Checkpointer:
@@ -58,6 +64,56 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(
         **{item: ocp.args.JsonRestore()}))[item]
 
+  def missing(self, step: int, with_data: bool) -> list[str]:
+    """The files of a step's items that are not there."""
+    root = os.path.join(self.directory, str(step))
+    want = [os.path.join(root, item, name) for item, name in _ITEM_FILES.items()]
+    if with_data:
+      n = jax.process_count()
+      want.append(os.path.join(root, 'data', f'process_{jax.process_index()}-of-{n}.json'))
+    return [p for p in want if not os.path.exists(p)]
+
+  def newest_intact(self, restore, with_data: bool, set_aside: bool):
+    """(step, restore(step)) for the newest step that restores. A damaged step is skipped
+    with a warning naming what is wrong, and with `set_aside` renamed to STEP.damaged so
+    that training can save that step again; when no step restores, the error names the
+    damaged files. restore's own UserErrors (a refused config, say) pass through."""
+    damaged = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      missing = self.missing(step, with_data)
+      try:
+        if missing:
+          raise FileNotFoundError(f'missing {", ".join(missing)}')
+        return step, restore(step)
+      except UserError:
+        raise
+      except Exception as e:  # what a truncated or missing file raises varies by library
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        damaged.append(f'step {step}: {reason}')
+        log.warning('checkpoint step %d is damaged and was skipped (%s)', step, reason)
+        if set_aside and jax.process_index() == 0:
+          path = os.path.join(self.directory, str(step))
+          os.replace(path, path + '.damaged')
+          self.manager.reload()
+          log.warning('moved it to %s.damaged', path)
+    if damaged:
+      raise UserError(f'no intact checkpoint in {self.directory}: {"; ".join(damaged)}. Restore '
+                      'those files, or move the checkpoints away to start the run afresh')
+    return None, None
+
+  def saved_shapes(self, step: int) -> dict | None:
+    """{'params/block_0/...': shape} of a step's train state, from its metadata alone; None
+    when the metadata does not read (the restore then finds the step damaged)."""
+    reader = ocp.CheckpointManager(self.directory, item_handlers={
+        'state': ocp.StandardCheckpointHandler()})
+    try:
+      return shapes(reader.item_metadata(step)['state'])
+    except Exception as e:  # noqa: BLE001 (what a damaged file raises varies)
+      log.warning('could not read the shapes saved at step %d: %s', step, e)
+      return None
+    finally:
+      reader.close()
+
   def wait(self):
     self.manager.wait_until_finished()
 
@@ -69,6 +125,19 @@ def load_tokenizer(checkpointer: Checkpointer, step: int) -> tokenizer_lib.Token
   """The tokenizer a checkpoint was trained with, from its own item."""
   item = checkpointer.restore_json(step, 'tokenizer')
   return tokenizer_lib.Tokenizer(base64.b64decode(item['model']))
+
+
+def _key_name(k) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def shapes(tree) -> dict:
+  """{'a/b/0/c': shape} for the arrays of a tree (states, metadata trees alike)."""
+  return {'/'.join(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def abstract_with_shardings(abstract_tree, shardings):

@@ -6,6 +6,7 @@ import json
 import signal
 
 import jax
+import ml_collections
 import numpy as np
 
 from jaxgpt.errors import UserError
@@ -30,22 +31,28 @@ class StopRequest:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
-  def requested(self) -> bool:
-    """Whether any process was asked to stop (all processes must stop at the same step)."""
+  def requested(self, step: int, sync_every: int) -> bool:
+    """Whether to stop after this step. All processes must stop at the same step, so with
+    several they agree (one all-gather) every `sync_every` steps only, not every step."""
     if jax.process_count() == 1:
       return self.signal is not None
+    if step % sync_every:
+      return False
     from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.int32(self.signal is not None))
     return bool(np.asarray(flags).any())
 
 
-def check_finite(first_bad, last_saved):
-  bad = int(first_bad)
-  if bad >= 0:
-    raise UserError(f'the loss or gradient became non-finite at step {bad}; stopped without '
-                    f'saving it, so the latest checkpoint is the last good one (step '
-                    f'{last_saved}). Lower optim.lr, raise optim.warmup_steps or set '
-                    '--config.train.skip_nonfinite=True to skip such updates')
+def stop_non_finite(step: int, last_saved: int | None, skipping: bool):
+  """Stops the run at the first non-finite step (unless train.skip_nonfinite skips it)."""
+  if skipping:
+    return
+  where = (f'the latest checkpoint is the last good one (step {last_saved}), and the run '
+           'resumes from it' if last_saved is not None else
+           'no checkpoint was saved before it, so the run starts afresh')
+  raise UserError(f'the loss or gradient became non-finite at step {step}; stopped without '
+                  f'saving it: {where}. Lower optim.lr, raise optim.warmup_steps or set '
+                  '--config.train.skip_nonfinite=True to skip such updates')
 
 
 # Fields a resumed run may change: how it reports and saves, where it runs, and the knobs
@@ -71,14 +78,85 @@ def _flatten(tree, prefix=''):
   return out
 
 
+def _changed(config, saved: dict) -> list[str]:
+  now, before = _flatten(json.loads(config.to_json())), _flatten(saved)
+  return sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+
+
 def check_resumable(config, saved: dict, workdir: str):
   """Refuses to continue a run under a config that would make it a different run."""
   now = _flatten(json.loads(config.to_json()))
   before = _flatten(saved)
-  differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k)
-                  and not k.startswith(RESUMABLE_CHANGES))
+  differ = [k for k in _changed(config, saved) if not k.startswith(RESUMABLE_CHANGES)]
   if differ and not config.train.allow_config_change:
     changes = '; '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in differ)
     raise UserError(f'{workdir} holds a run with a different config ({changes}). Use another '
                     '--workdir, or pass --config.train.allow_config_change=True to resume '
                     'it under the new config')
+
+
+def check_shapes(now: dict, saved: dict | None, config, saved_config: dict, workdir: str):
+  """Refuses, whatever train.allow_config_change says, a config whose train state has other
+  shapes than the checkpoint's: no restore could continue such a run."""
+  if saved is None or now == saved:
+    return
+  differ = sorted(set(now) ^ set(saved)) + sorted(
+      k for k in set(now) & set(saved) if now[k] != saved[k])
+  examples = '; '.join(f'{k}: {saved.get(k, "absent")} -> {now.get(k, "absent")}'
+                       for k in differ[:3])
+  fields = [k for k in _changed(config, saved_config) if k.startswith(('model.', 'optim.'))]
+  raise UserError(f'{workdir} holds a run whose parameters or optimizer state have other shapes '
+                  f'than this config gives ({len(differ)} arrays, e.g. {examples}), which no '
+                  f'resume can bridge; the fields that differ: {", ".join(fields) or "none"}. '
+                  'Use another --workdir for the new shape, or drop those overrides')
+
+
+# Model fields that change no parameter and no result, only memory and time: evaluation
+# and sampling may set them on the command line whatever the run was trained with.
+MODEL_EXECUTION = ('loss_chunks', 'remat', 'attention_block', 'dropout')
+
+
+def with_saved_model(config, saved: dict, overrides=None):
+  """config with the checkpoint's model, for evaluating or sampling it: the model that was
+  trained, whatever the config's defaults say. From the command line (`overrides`, the
+  dotted keys it set), the data are the run's too, unless data fields were given there;
+  a model field given there must agree with the checkpoint unless it is one of
+  MODEL_EXECUTION. Called from code (overrides None), the caller's data section stands."""
+  given = set(overrides or ())
+  model = saved.get('model', {})
+  clash = [k for k in sorted(model) if f'model.{k}' in given and k not in MODEL_EXECUTION
+           and k in config.model and _plain(config.model[k]) != _plain(model[k])]
+  if clash:
+    pairs = '; '.join(f'model.{k}={config.model[k]!r} (the checkpoint has {model[k]!r})'
+                      for k in clash)
+    raise UserError(f'{pairs}: evaluation and sampling use the saved model, so drop the '
+                    'override (only model.' + ', model.'.join(MODEL_EXECUTION) + ' may differ)')
+  config = config.copy_and_resolve_references()
+  config.unlock()
+  for section in ('model',) if overrides is None else ('model', 'data'):
+    for key, value in _flatten(saved.get(section, {}), f'{section}.').items():
+      if key in given:
+        continue
+      _set(config, key, value)
+  config.lock()
+  return config
+
+
+def _plain(value):
+  return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _set(config, dotted: str, value):
+  *parents, leaf = dotted.split('.')
+  node = config
+  for p in parents:
+    if p not in node:
+      if not dotted.startswith('data.mixture.'):
+        return  # a field this version no longer has
+      node[p] = ml_collections.ConfigDict()  # a named source of the saved mixture
+    node = node[p]
+  if leaf not in node and not dotted.startswith('data.mixture.'):
+    return
+  if isinstance(value, list) and (leaf not in node or isinstance(node[leaf], tuple)):
+    value = tuple(value)  # JSON gave a list where the config holds tuples
+  node[leaf] = value

@@ -26,6 +26,7 @@ from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt import train
+from jaxgpt import workdir as workdir_lib
 from jaxgpt.data import finetune_data as fdata
 from jaxgpt.data import loader
 from jaxgpt.errors import UserError
@@ -45,6 +46,9 @@ class Base:
 def open_base(fc) -> Base:
   if not fc.base_workdir:
     raise UserError('finetune.base_workdir is empty; name the pretrained run\'s workdir')
+  if not os.path.isdir(os.path.join(fc.base_workdir, 'checkpoints')):
+    raise UserError(f'finetune.base_workdir={fc.base_workdir} holds no pretrained run (no '
+                    'checkpoints/ in it); check the path')
   ckpt = checkpoint_lib.Checkpointer(fc.base_workdir, async_save=False)
   step = fc.base_step or ckpt.latest_step()
   if step is None or step not in ckpt.manager.all_steps():
@@ -140,7 +144,7 @@ def prepare(config, workdir, base: Base):
     if len(labels) < 2:
       raise UserError(f'{fc.train_path}: the training split has {len(labels)} label(s); a '
                       'classifier needs at least two')
-    arrays = {k: fdata.encode_classification(v, tok, labels, seq_len, fc)
+    arrays = {k: fdata.encode_classification(v, tok, labels, seq_len, fc, k)
               for k, v in splits.items() if v}
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
@@ -161,12 +165,24 @@ def prepare(config, workdir, base: Base):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs (or resumes) the fine-tune in workdir; returns its final report."""
-  fc, tc = config.finetune, config.train
-  base = open_base(fc)
+  """Runs (or resumes) the fine-tune in workdir; returns its final report. The workdir
+  belongs to this run until it returns: a second run on it is refused."""
+  base = open_base(config.finetune)
   config = with_base_model(config, base)
   mesh = sharding.make_mesh(config.mesh)
   train.check_config(config, mesh)
+  with workdir_lib.owned(workdir, jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, base, mesh)
+
+
+def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
+  fc, tc = config.finetune, config.train
+  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoints)
+  latest = None
+  if ckpt.latest_step() is not None:  # the config is checked before the data is touched
+    latest, saved = ckpt.newest_intact(lambda step: ckpt.restore_json(step, 'config'),
+                                       with_data=True, set_aside=True)
+    faults.check_resumable(config, saved, workdir)
   cfg = model_config(config, base.tokenizer)
   splits, arrays, labels = prepare(config, workdir, base)
   if len(arrays['train']['weights']) < tc.batch_size:
@@ -177,8 +193,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
            f'{lora.count(s.abstract_state.params):,}',
            f'{lora.count(s.abstract_state.params) + lora.count(s.frozen_abstract):,}',
            fc.trainable)
-  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoints)
-  latest = ckpt.latest_step()
   if latest is not None and latest >= tc.steps:
     log.info('the run in %s is complete (step %d of %d)', workdir, latest, tc.steps)
   source = fdata.ArraySource(arrays['train'], f'{fc.task}-train')
@@ -189,10 +203,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = jax.jit(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, s.tx.init(p)),
                     out_shardings=s.state_shardings)(trainable)
   if latest is not None:
-    faults.check_resumable(config, ckpt.restore_json(latest, 'config'), workdir)
+    faults.check_shapes(checkpoint_lib.shapes(s.abstract_state), ckpt.saved_shapes(latest),
+                        config, saved, workdir)
+    restore = lambda step: ckpt.restore(step, s.abstract_state, data_iter)
+    latest, state = ckpt.newest_intact(restore, with_data=True, set_aside=True)
     log.info('resuming from step %d', latest)
-    state = ckpt.restore(latest, s.abstract_state, data_iter)
-  writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0)
+  writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0, start_step=latest or 0)
   evaluate_cls = (finetune_eval.ClassifyEval if fc.task == 'classify'
                   else finetune_eval.InstructEval)
   evaluator = evaluate_cls(config, s, base, arrays, labels)
@@ -200,7 +216,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   save = lambda step, st: ckpt.save(step, st, data_iter, config, base.tokenizer)
   try:
     if latest is None or latest < tc.steps:
-      state, _, stopped = train.train_loop(config, s, state, data_iter, writer, run_eval, save)
+      state, _, stopped = train.train_loop(config, s, state, data_iter, writer, run_eval, save,
+                                           latest)
       if stopped:
         return {'stopped': True, 'step': int(state.step)}
   finally:

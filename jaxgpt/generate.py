@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
+from jaxgpt.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,17 @@ class Sampling:
   seed: int = 0
 
   @classmethod
-  def from_config(cls, e) -> 'Sampling':
+  def from_config(cls, e, vocab_size: int = 0) -> 'Sampling':
+    """eval's sampling fields, checked (top_k against the vocabulary when it is given)."""
+    if e.sample_tokens <= 0:
+      raise UserError(f'eval.sample_tokens={e.sample_tokens} must be positive')
+    if e.temperature < 0:
+      raise UserError(f'eval.temperature={e.temperature} must be >= 0 (0: greedy decoding)')
+    if not 0 < e.top_p <= 1:
+      raise UserError(f'eval.top_p={e.top_p} must be in (0, 1] (1: no nucleus cut)')
+    if e.top_k < 0 or (vocab_size and e.top_k > vocab_size):
+      raise UserError(f'eval.top_k={e.top_k} must be 0 (all tokens) to the vocabulary size'
+                      f'{f" {vocab_size}" if vocab_size else ""}')
     return cls(e.sample_tokens, e.temperature, e.top_k, e.top_p, e.seed)
 
 

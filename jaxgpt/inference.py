@@ -10,39 +10,57 @@ import logging
 import os
 
 from jaxgpt import checkpoint as checkpoint_lib
+from jaxgpt import faults
 from jaxgpt import generate as generate_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt import tasks as tasks_lib
 from jaxgpt import train
+from jaxgpt import workdir as workdir_lib
 from jaxgpt.errors import UserError
 
 log = logging.getLogger('jaxgpt')
 
 
-def _restore(config, workdir: str, step: int | None, devices):
-  """(Setup, params, tokenizer, step) of a checkpoint of the run in workdir."""
-  mesh = sharding.make_mesh(config.mesh, devices)
-  train.check_config(config, mesh)
+def _restore(config, workdir: str, step: int | None, devices, overrides):
+  """(config, Setup, params, tokenizer, step) of a checkpoint of the run in workdir: the
+  model is the saved one (see faults.with_saved_model), its tokenizer the saved one."""
   ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None or step not in ckpt.manager.all_steps():
-    raise UserError(f'no checkpoint {"" if step is None else f"at step {step} "}in {workdir}; '
-                    f'saved steps: {ckpt.manager.all_steps() or "none"}')
-  tokenizer = checkpoint_lib.load_tokenizer(ckpt, step)
-  model_cfg = model_lib.ModelConfig.from_config(config.model, tokenizer.vocab_size)
-  s = train.setup(config, model_cfg, mesh)
-  params = ckpt.restore_params(step, s.abstract_state.params)  # no optimizer moments
+  if step is not None and step not in ckpt.manager.all_steps():
+    raise UserError(f'no checkpoint at step {step} in {workdir}; saved steps: '
+                    f'{ckpt.manager.all_steps() or "none"}')
+
+  def load(st):
+    saved = ckpt.restore_json(st, 'config')
+    tokenizer = checkpoint_lib.load_tokenizer(ckpt, st)
+    cfg = faults.with_saved_model(config, saved, overrides)
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+    train.check_config(cfg, mesh)
+    model_cfg = model_lib.ModelConfig.from_config(cfg.model, tokenizer.vocab_size)
+    generate_lib.Sampling.from_config(cfg.eval, tokenizer.vocab_size)
+    s = train.setup(cfg, model_cfg, mesh)
+    return cfg, s, ckpt.restore_params(st, s.abstract_state.params), tokenizer
+
+  if step is None:  # the newest step that restores; a damaged one is skipped, not moved
+    step, loaded = ckpt.newest_intact(load, with_data=False, set_aside=False)
+    if step is None:
+      raise UserError(f'no checkpoint in {workdir} yet')
+  else:
+    loaded = load(step)
   ckpt.close()
-  return s, params, tokenizer, step
+  config, s, params, tokenizer = loaded
+  return config, s, params, tokenizer, step
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None) -> dict:
-  """Loss, perplexity and bits per byte on the config's validation data, and the
-  accuracy on each task in config.eval.tasks; also written to WORKDIR/eval-stepN.json."""
+def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None,
+                        overrides=None) -> dict:
+  """Loss, perplexity and bits per byte on the run's validation data, and the accuracy on
+  each task in config.eval.tasks; also written to WORKDIR/eval-stepN.json."""
   tasks = [tasks_lib.load(path) for path in config.eval.tasks]  # bad files fail first
-  s, params, tokenizer, step = _restore(config, workdir, step, devices)
+  workdir_lib.check_run_exists(workdir)
+  workdir_lib.check_writable(workdir)
+  config, s, params, tokenizer, step = _restore(config, workdir, step, devices, overrides)
   prepared = train.prepare_data(config.data, workdir, tokenizer, for_eval=True)
   # The training run's metrics.jsonl stays the training run's: nothing is appended to it.
   run_eval = train.make_evaluator(config, s, prepared, metrics_lib.Writer(workdir, enabled=False))
@@ -51,6 +69,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=N
   if tasks:
     scorer = tasks_lib.Scorer(s.model, params, config.train.batch_size)
     result['tasks'] = {t['name']: tasks_lib.evaluate(scorer, tokenizer, t) for t in tasks}
+  log.info('evaluation of step %d: %s', step, json.dumps(result))
   metrics_lib.write_json(os.path.join(workdir, f'eval-step{step}.json'), result)
   return result
 
@@ -62,8 +81,12 @@ def read_prompts(prompts: list[str], prompts_file: str) -> list[str]:
   if prompts_file:
     if not os.path.isfile(prompts_file):
       raise UserError(f'prompts file {prompts_file} does not exist')
-    with open(prompts_file, encoding='utf-8') as f:
-      lines = [line.rstrip('\n') for line in f if line.strip()]
+    try:
+      with open(prompts_file, encoding='utf-8') as f:
+        lines = [line.rstrip('\n') for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+      raise UserError(f'{prompts_file} is not UTF-8 text ({e.reason} at byte {e.start}); '
+                      'convert it (iconv -t UTF-8)') from None
     if prompts_file.endswith('.jsonl'):
       for n, line in enumerate(lines, 1):
         try:
@@ -80,11 +103,13 @@ def read_prompts(prompts: list[str], prompts_file: str) -> list[str]:
 
 
 def sample_checkpoint(config, workdir: str, prompts: list[str], step: int | None = None,
-                      devices=None) -> list[dict]:
+                      devices=None, overrides=None) -> list[dict]:
   """Continues each prompt (config.eval.prompt when none are given) with the checkpoint's
   model and config.eval's sampling settings; also written to WORKDIR/samples-stepN.jsonl."""
   prompts = prompts or [config.eval.prompt] * config.eval.num_samples
-  s, params, tokenizer, step = _restore(config, workdir, step, devices)
+  workdir_lib.check_run_exists(workdir)
+  workdir_lib.check_writable(workdir)
+  config, s, params, tokenizer, step = _restore(config, workdir, step, devices, overrides)
   settings = generate_lib.Sampling.from_config(config.eval)
   gen = generate_lib.Generator(s.model, params, settings, tokenizer.eod_id, tokenizer.pad_id)
   records, batch = [], config.train.batch_size

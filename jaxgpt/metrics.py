@@ -48,33 +48,55 @@ def _format_seconds(s: float) -> str:
 
 
 def write_json(path: str, payload):
-  """A result file, written by process 0 only."""
+  """A result file, written whole by process 0 only."""
   if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(payload, f, indent=2)
+    write_text(path, json.dumps(payload, indent=2))
     log.info('wrote %s', path)
+
+
+def write_text(path: str, text: str):
+  """A whole file or none: written under a temporary name (unique to this process, so two
+  writers never mix their bytes), then renamed."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def write_jsonl(path: str, rows: list[dict]):
   """One JSON object per line (predictions, samples, responses), by process 0 only."""
   if jax.process_index() == 0:
-    with open(path, 'w', encoding='utf-8') as f:
-      for row in rows:
-        f.write(json.dumps(row) + '\n')
+    write_text(path, ''.join(json.dumps(row) + '\n' for row in rows))
     log.info('wrote %d records to %s', len(rows), path)
 
 
 class Writer:
-  """Writes metrics from process 0 only; the other processes keep quiet."""
+  """Writes metrics from process 0 only; the other processes keep quiet.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  A run that starts at `start_step` (0, or the step it resumed from) first drops what an
+  earlier attempt recorded after that step, from metrics.jsonl and (purge_step) from
+  TensorBoard's view, so each step appears once, with the values of the run that went on.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
     self.enabled = enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
+      self._drop_after(start_step)
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                               purge_step=start_step + 1)
+
+  def _drop_after(self, step: int):
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    if len(kept) < len(lines):
+      write_text(self.path, ''.join(kept))
 
   def write(self, step: int, kind: str, values: dict):
     if not self.enabled:
@@ -88,6 +110,14 @@ class Writer:
   def close(self):
     if self._tb is not None:
       self._tb.close()
+
+
+def _step_of(line: str) -> int | None:
+  """A record's step; None for a line cut short by a kill."""
+  try:
+    return json.loads(line)['step']
+  except (json.JSONDecodeError, KeyError, TypeError):
+    return None
 
 
 class Progress:

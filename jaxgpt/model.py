@@ -56,6 +56,14 @@ class ModelConfig:
   @classmethod
   def from_config(cls, m, tokenizer_vocab: int = 0) -> 'ModelConfig':
     """Builds the model's config from config.model, checking what the user can get wrong."""
+    for key in ('num_layers', 'num_heads', 'd_model', 'seq_len'):
+      if m[key] <= 0:
+        raise UserError(f'model.{key}={m[key]} must be a positive integer')
+    if m.mlp_dim < 0 or m.vocab_size < 0:
+      raise UserError(f'model.mlp_dim={m.mlp_dim} and model.vocab_size={m.vocab_size} must be '
+                      '0 (the default size) or positive')
+    if not 0 <= m.dropout < 1:
+      raise UserError(f'model.dropout={m.dropout} must be in [0, 1)')
     vocab = m.vocab_size or tokenizer_vocab
     if m.vocab_multiple:
       vocab = -(-vocab // m.vocab_multiple) * m.vocab_multiple

@@ -8,6 +8,7 @@ optimizer state, gradients, XLA's temporaries), whether they fit the device memo
 FLOPs beside the model's, and the collectives in the compiled program.
 """
 import collections
+import importlib.metadata
 import json
 import math
 import re
@@ -23,6 +24,7 @@ from jaxgpt import train
 from jaxgpt.errors import UserError
 
 GIB = 1 << 30
+LIBTPU = '0.0.42.1'  # the libtpu jax 0.10.2 compiles with (0.0.52 crashes inside XLA)
 _DTYPE_BYTES = {'f32': 4, 'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 'f64': 8, 's64': 8,
                 'u64': 8, 's8': 1, 'u8': 1, 'pred': 1, 's16': 2, 'u16': 2}
 _COLLECTIVE = re.compile(r'= (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|'
@@ -44,6 +46,7 @@ def target_devices(topology: str):
     topo_name, chip_config, _, hbm, peak = topologies.parse(topology)
   except ValueError as e:
     raise UserError(str(e)) from None
+  check_libtpu(topology)
   try:
     from jax.experimental import topologies as jax_topologies
     desc = jax_topologies.get_topology_desc(
@@ -51,8 +54,23 @@ def target_devices(topology: str):
         chips_per_host_bounds=(2, 2, 1), num_slices=1)
   except Exception as e:  # no libtpu: jax raises RuntimeError or ValueError depending on version
     raise UserError(f'--topology={topology} needs the TPU compiler from the optional libtpu '
-                    f'package (pip install libtpu); it could not be loaded: {e}') from None
+                    f'package (pip install libtpu=={LIBTPU}); it could not be loaded: {e}'
+                    ) from None
   return list(desc.devices), hbm, peak
+
+
+def check_libtpu(topology: str):
+  """The libtpu that jax's version compiles with, or a message that names it."""
+  try:
+    installed = importlib.metadata.version('libtpu')
+  except importlib.metadata.PackageNotFoundError:
+    raise UserError(f'--topology={topology} needs the TPU compiler from the optional libtpu '
+                    f'package: pip install libtpu=={LIBTPU} (the version jax {jax.__version__} '
+                    'works with)') from None
+  if installed != LIBTPU:
+    raise UserError(f'libtpu {installed} is installed, but jax {jax.__version__} needs libtpu '
+                    f'{LIBTPU} (newer ones crash inside XLA compiling for a TPU topology): '
+                    f'pip install libtpu=={LIBTPU}')
 
 
 def _shard_bytes(abstract_tree) -> int:

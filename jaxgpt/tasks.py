@@ -5,7 +5,8 @@ the index of the right one. Field names are read as the common releases spell th
   context: "context", "ctx", "goal", "question" (ARC's {"stem": ...} too)
   choices: "choices", "endings", or "sol1", "sol2", ... (ARC's [{"text": ...}] too)
   label:   "label", "gold", "answer", "answerKey": an index, or a letter/number naming one
-A choice is scored by the summed log-probability of its tokens after the context: `acc`
+A choice is scored by the summed log-probability of its tokens after the context (with a
+space between them when neither has one): `acc`
 picks the highest sum, `acc_norm` the highest sum per UTF-8 byte of the choice (which does
 not favour short choices).
 
@@ -58,7 +59,12 @@ def _choice_example(record: dict, where: str) -> dict:
   if index is None:
     raise UserError(f'{where}: label {label!r} names none of the {len(choices)} choices; use '
                     'an index from 0, or the choice\'s letter or name')
-  return {'context': context, 'choices': list(choices), 'label': index}
+  # Releases differ on where the space between context and choice lives (HellaSwag's and
+  # ARC's choices have none); as lm-eval's target delimiter does, one is put in when
+  # neither side has it, so no choice is scored glued to the context's last word.
+  choices = [c if not context or context[-1:].isspace() or c[:1].isspace() else ' ' + c
+             for c in choices]
+  return {'context': context, 'choices': choices, 'label': index}
 
 
 def _label_index(label, choices, names):

@@ -26,6 +26,7 @@ from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
 from jaxgpt import optim
 from jaxgpt import sharding
+from jaxgpt import workdir as workdir_lib
 from jaxgpt.data import loader
 from jaxgpt.data import pipeline
 from jaxgpt.errors import UserError
@@ -196,46 +197,68 @@ def jit_train_step(s: Setup, config):
 def check_config(config, mesh):
   """Everything about the config that can be checked before data or compilation."""
   model_lib.ModelConfig.from_config(config.model, tokenizer_vocab=1)
+  generate_lib.Sampling.from_config(config.eval)
+  for key in ('batch_size', 'steps', 'log_every', 'eval_every', 'checkpoint_every',
+              'micro_batches', 'keep_checkpoints'):
+    if config.train[key] <= 0:
+      raise UserError(f'train.{key}={config.train[key]} must be a positive integer')
+  for key, zero in (('run_steps', 'all steps'), ('eval_batches', 'the whole split')):
+    if config.train[key] < 0:
+      raise UserError(f'train.{key}={config.train[key]} must be 0 ({zero}) or positive')
   sharding.check_batch(config.train.batch_size, config.train.micro_batches, mesh)
   loader.check_batch(config.train.batch_size, jax.process_count())
-  for key in ('steps', 'log_every', 'eval_every', 'checkpoint_every'):
-    if config.train[key] <= 0:
-      raise UserError(f'train.{key}={config.train[key]} must be positive')
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs (or resumes) config's training in workdir; returns the final evaluation."""
+  """Runs (or resumes) config's training in workdir; returns the final evaluation. The
+  workdir belongs to this run until it returns: a second run on it is refused."""
   mesh = sharding.make_mesh(config.mesh)
   check_config(config, mesh)
+  with workdir_lib.owned(workdir, jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, mesh)
+
+
+def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   tc = config.train
   ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoints)
-  latest = ckpt.latest_step()
-  if latest is not None and latest >= tc.steps:
-    log.info('the run in %s is complete (step %d of %d); nothing to do', workdir, latest, tc.steps)
-    ckpt.close()
-    return {'complete': True, 'step': latest}
-
-  # A resumed run keeps encoding with the tokenizer its checkpoint was trained with.
-  tokenizer = None if latest is None else checkpoint_lib.load_tokenizer(ckpt, latest)
+  latest = tokenizer = None
+  if ckpt.latest_step() is not None:
+    # The newest step whose config and tokenizer read; the config is checked before the
+    # data is touched, and a resumed run encodes with its checkpoint's tokenizer.
+    read = lambda step: (ckpt.restore_json(step, 'config'),
+                         checkpoint_lib.load_tokenizer(ckpt, step))
+    latest, (saved, tokenizer) = ckpt.newest_intact(read, with_data=True, set_aside=True)
+    faults.check_resumable(config, saved, workdir)
   prepared = prepare_data(config.data, workdir, tokenizer)
   log.info('token store: %s tokens', prepared.manifest['tokens'])
   model_cfg = model_lib.ModelConfig.from_config(config.model, prepared.tokenizer.vocab_size)
+  loader.check_validation(prepared, model_cfg.seq_len)
   s = setup(config, model_cfg, mesh)
+  if latest is not None:
+    faults.check_shapes(checkpoint_lib.shapes(s.abstract_state), ckpt.saved_shapes(latest),
+                        config, saved, workdir)
+  if latest is not None and latest >= tc.steps:
+    log.info('the run in %s is complete (step %d of %d); nothing to do', workdir, latest, tc.steps)
+    _finish_if_missing(config, workdir, s, ckpt, latest, prepared)
+    ckpt.close()
+    return {'complete': True, 'step': latest}
   data_iter = iter(loader.train_loader(prepared, model_cfg.seq_len, tc.batch_size, tc.seed,
                                        jax.process_index(), jax.process_count()))
   if latest is None:
     state = s.init_state(tc.seed)
   else:
-    faults.check_resumable(config, ckpt.restore_json(latest, 'config'), workdir)
+    restore = lambda step: ckpt.restore(step, s.abstract_state, data_iter)
+    latest, state = ckpt.newest_intact(restore, with_data=True, set_aside=True)
     log.info('resuming from step %d', latest)
-    state = ckpt.restore(latest, s.abstract_state, data_iter)
   log.info('model: %s params, %s', f'{model_lib.param_count(model_cfg):,}', model_cfg)
 
-  writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0)
+  writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0,
+                              start_step=latest or 0)
   run_eval = make_evaluator(config, s, prepared, writer)
   save = lambda step, st: ckpt.save(step, st, data_iter, config, prepared.tokenizer)
   try:
-    state, result, stopped = train_loop(config, s, state, data_iter, writer, run_eval, save)
+    state, result, stopped = train_loop(config, s, state, data_iter, writer, run_eval, save,
+                                        latest)
     step = int(state.step)
     if stopped:
       return {'stopped': True, 'step': step}
@@ -245,7 +268,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.close()
     writer.close()
   if step >= tc.steps:
-    _finish(config, workdir, s, state, prepared)
+    _finish(config, workdir, s, state.params, prepared)
   return {**result, 'step': step, 'params': model_lib.param_count(model_cfg)}
 
 
@@ -290,33 +313,45 @@ def _flops_per_token(s: Setup) -> float:
   return metrics_lib.flops_per_token(s.model.cfg, lora.count(frozen))
 
 
-def train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
-  """Steps from state.step to train.steps (or run_steps more); logs, evaluates, saves."""
+def train_loop(config, s: Setup, state, data_iter, writer, run_eval, save, resumed=None):
+  """Steps from state.step to train.steps (or run_steps more); logs, evaluates, saves.
+
+  The host runs at most one step ahead of the devices: it waits for the previous step's
+  finite flag before it goes on, so a non-finite loss stops the run the step after, and a
+  stop signal within a step. `resumed` is the checkpoint step the state came from (None for
+  a fresh run, which has none to fall back to).
+  """
   tc, model_cfg = config.train, s.model.cfg
   tokens_per_step = tc.batch_size * model_cfg.seq_len
   peak = tc.peak_flops or metrics_lib.measure_peak_flops()
-  step = last_saved = int(state.step)
+  step = int(state.step)
+  last_saved = resumed
   progress = metrics_lib.Progress(step, tc.steps, tokens_per_step,
                                   _flops_per_token(s) * tokens_per_step,
                                   peak * s.mesh.size)
   end = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
   result, loss_sum, first_step = None, None, step + 1
-  # Kept on device and read only at log/eval/save steps: no host sync per step.
-  first_bad, skipped = jnp.int32(-1), jnp.int32(0)
+  skipped, previous_finite = jnp.int32(0), None
   with s.context(), faults.StopRequest() as stop:
     train_step = jit_train_step(s, config)
     while step < end:
       state, step_metrics = train_step(state, sharding.global_batch(next(data_iter), s.mesh))
       step += 1
-      bad = ~step_metrics.pop('finite')
-      first_bad = jnp.where((first_bad < 0) & bad, step, first_bad)
-      skipped = skipped + bad
+      finite = step_metrics.pop('finite')
+      if previous_finite is not None and not bool(previous_finite):
+        faults.stop_non_finite(step - 1, last_saved, tc.skip_nonfinite)
+      skipped = skipped + ~finite
+      previous_finite = finite
       # Summed on device, so logging the window's mean loss costs no host sync per step.
       loss_sum = step_metrics['loss'] if loss_sum is None else loss_sum + step_metrics['loss']
       if step == first_step:  # leave compilation out of the throughput figures
         jax.block_until_ready(step_metrics)
         progress.restart(step)
-      stopping = stop.requested()
+      stopping = stop.requested(step, tc.log_every)
+      boundary = (step % tc.eval_every == 0 or step % tc.checkpoint_every == 0 or step == end
+                  or stopping)
+      if boundary and not bool(finite):  # nothing non-finite is evaluated or saved
+        faults.stop_non_finite(step, last_saved, tc.skip_nonfinite)
       if step % tc.log_every == 0 or step == end or stopping:
         mean_loss = loss_sum / (step - progress.window_start)
         values = progress.report(step, jax.device_get({**step_metrics, 'loss': mean_loss}))
@@ -325,9 +360,6 @@ def train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
           values['skipped'] = int(skipped)
         writer.write(step, 'train', values)
         log.info(metrics_lib.log_line(step, tc.steps, values))
-      if not tc.skip_nonfinite and (step % tc.eval_every == 0 or step % tc.checkpoint_every == 0
-                                    or step == end or stopping):
-        faults.check_finite(first_bad, last_saved)
       if step % tc.eval_every == 0 or step == tc.steps:
         result = run_eval(state.params, step)
         progress.restart(step)
@@ -342,20 +374,30 @@ def train_loop(config, s: Setup, state, data_iter, writer, run_eval, save):
   return state, result, False
 
 
-def _finish(config, workdir, s, state, prepared):
-  """The end-of-run records: loss plot and samples."""
+def _finish_if_missing(config, workdir, s: Setup, ckpt, step, prepared):
+  """A complete run whose end-of-run records were lost (killed while sampling) gets them."""
+  if all(os.path.exists(os.path.join(workdir, f)) for f in ('loss.png', 'samples.txt')):
+    return
+  log.info('writing the end-of-run records that are missing')
+  with s.context():
+    params = ckpt.restore_params(step, s.abstract_state.params)
+  _finish(config, workdir, s, params, prepared)
+
+
+def _finish(config, workdir, s, params, prepared):
+  """The end-of-run records: loss plot and samples (printed, then written whole)."""
   ec = config.eval
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
     metrics_lib.plot_losses(os.path.join(workdir, 'metrics.jsonl'),
                             os.path.join(workdir, 'loss.png'))
   prompts = [ec.prompt] * ec.num_samples
-  texts = generate_lib.sample(s.model, state.params, prepared.tokenizer, prompts,
+  texts = generate_lib.sample(s.model, params, prepared.tokenizer, prompts,
                               generate_lib.Sampling.from_config(ec))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'samples.txt'), 'w') as f:
-      for i, text in enumerate(texts):
-        header = (f'--- sample {i} (temperature {ec.temperature}, top-k {ec.top_k}, '
-                  f'top-p {ec.top_p}) ---')
-        block = f'{header}\n{ec.prompt}{text}\n'
-        f.write(block)
-        print(block, flush=True)
+    blocks = []
+    for i, text in enumerate(texts):
+      header = (f'--- sample {i} (temperature {ec.temperature}, top-k {ec.top_k}, '
+                f'top-p {ec.top_p}) ---')
+      blocks.append(f'{header}\n{ec.prompt}{text}\n')
+      print(blocks[-1], flush=True)
+    metrics_lib.write_text(os.path.join(workdir, 'samples.txt'), ''.join(blocks))

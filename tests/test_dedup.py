@@ -1,4 +1,5 @@
 """Near-duplicate detection through the real stages, on planted pairs of known similarity."""
+import json
 import os
 
 import numpy as np
@@ -52,6 +53,10 @@ def test_exact_duplicates_are_told_apart_from_near_ones(pairs, tmp_path):
   other = pairs[-1][0]
   removed = _removed(tmp_path, [[a, other], [a, b]], base.data_config().dedup)
   assert removed == {(1, 0): dedup.EXACT, (1, 1): dedup.NEAR}
+  # a against its copy and against b: each pair counted once, though the exact copy is
+  # listed by every band and by the content bucket
+  counts = json.loads((tmp_path / 'remove' / 'counts.json').read_text())
+  assert counts == {'candidate_pairs': 2, 'verified_pairs': 2}
 
 
 def test_exact_only_and_the_threshold_is_config(pairs, tmp_path):

@@ -58,7 +58,8 @@ def test_empty_corpus_after_cleaning(corpus_dir, tmp_path):
   c.data.clean.min_chars = 10_000_000
   c.data.clean.max_chars = 0
   _fails(c, tmp_path, r"empty after cleaning \(read 40 documents; dropped: "
-                      r"\{'too_short': 40\}\).*relax data.clean")
+                      r"\{'too_short': 40\}\); documents shorter than data.clean.min_chars "
+                      r'were dropped: lower it')
 
 
 def test_mesh_that_does_not_divide_devices(corpus_dir, tmp_path):
@@ -112,6 +113,7 @@ def test_run_py_prints_user_errors_without_traceback(tmp_path):
     ('profile', 'prose', r"data.profile='prose' \(files\): use 'web'"),
     ('prep.workers', -1, r'data.prep.workers=-1 is out of range'),
     ('tokenizer.sample_mb', 0, r'data.tokenizer.sample_mb=0 is out of range'),
+    ('val_fraction', 1.0, r'data.val_fraction=1.0 is out of range: use in \[0, 1\)'),
     ('dedup.threshold', 1.5, r'data.dedup.threshold=1.5 is a Jaccard similarity'),
     ('clean.normalize', 'XYZ', r"data.clean.normalize='XYZ': use 'NFC'"),
 ])

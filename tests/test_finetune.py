@@ -136,6 +136,8 @@ def test_run_py_trains_and_predicts_a_classifier(base_run, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   labels = [json.loads(line)['label'] for line in proc.stdout.splitlines() if line.startswith('{')]
   assert labels == ['pos', 'neg']
-  bad = subprocess.run(common[:-3] + ['--config.finetune.train_path=/nonexistent.jsonl'],
+  fresh = [f'--workdir={tmp_path / "new"}' if a.startswith('--workdir=') else a
+           for a in common[:-3]]
+  bad = subprocess.run(fresh + ['--config.finetune.train_path=/nonexistent.jsonl'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
   assert bad.returncode == 2 and 'data file /nonexistent.jsonl does not exist' in bad.stderr

@@ -77,6 +77,24 @@ def _instruction_arrays(packed, seq_len=40):
   return examples, fdata.encode_instructions(examples, seq_len, 0, packed)
 
 
+def test_a_label_that_the_hash_split_kept_from_training_says_so(tmp_path):
+  fc = _fc('classify', val_fraction=0.2, test_fraction=0.0)
+  records = [{'text': f'common {i}', 'label': 'pos' if i % 2 else 'neg'} for i in range(40)]
+  key = lambda r: json.dumps(r, sort_keys=True)
+  rare = next({'text': f'rare {i}', 'label': 'rare'} for i in range(1000)
+              if fdata._hash_split(key({'text': f'rare {i}', 'label': 'rare'}), 0.2, 0.0) == 'val')
+  path = tmp_path / 'data.jsonl'
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records + [rare]))
+  fc.train_path = str(path)
+  splits = fdata.split_records(fc, fc.text_field)
+  labels = fdata.label_names(splits['train'], fc.label_field)
+  assert labels == ['neg', 'pos']
+  with pytest.raises(UserError, match=r"label 'rare' occurs only in records that the hash split "
+                                      r'of finetune.train_path put in the val part.*'
+                                      r'finetune.val_path'):
+    fdata.encode_classification(splits['val'], _Tokenizer(), labels, 16, fc, 'val')
+
+
 def test_loss_counts_response_tokens_and_the_end_of_document_only():
   examples, arrays = _instruction_arrays(packed=False)
   assert [p for p, _ in examples][1] == _Tokenizer().encode('cd|e>')

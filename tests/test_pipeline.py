@@ -192,6 +192,18 @@ def test_mixture_weights_are_realised_by_the_loader(tmp_path):
                                   batches[step])
 
 
+def _processes_naming(text: str) -> list[int]:
+  out = []
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        if text.encode() in f.read():
+          out.append(int(pid))
+    except OSError:
+      pass
+  return out
+
+
 def test_a_killed_preparation_resumes_from_its_finished_tasks(corpus_dir, tmp_path):
   cfg = tiny_config(corpus_dir).data
   cfg.prep.unit_mb, cfg.prep.workers = 0.0005, 1  # a task per file, one at a time
@@ -207,6 +219,10 @@ def test_a_killed_preparation_resumes_from_its_finished_tasks(corpus_dir, tmp_pa
     time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+  deadline = time.time() + 10  # its workers die with it: none goes on writing the store
+  while time.time() < deadline and _processes_naming(str(directory)):
+    time.sleep(0.05)
+  assert not _processes_naming(str(directory))
   finished = len(list(completions.glob('*')))
   assert 5 <= finished < 40 and not (directory / 'manifest.json').exists()
   resumed = pipeline.prepare(cfg, str(tmp_path / 'run'))

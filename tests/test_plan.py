@@ -1,3 +1,4 @@
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -75,5 +76,14 @@ def test_run_py_plan_mode_prints_and_writes(tmp_path):
                     reason='libtpu is installed: the TPU test above runs instead')
 def test_tpu_topology_without_libtpu_says_what_to_install(corpus_dir):
   with pytest.raises(UserError, match=r'needs the TPU compiler from the optional libtpu '
-                                      r'package \(pip install libtpu\)'):
+                                      r'package: pip install libtpu==0\.0\.42\.1 '):
+    plan.plan(_config(corpus_dir, fsdp=8), 'v5e-8')
+
+
+def test_a_libtpu_of_another_version_is_refused_by_name(corpus_dir, monkeypatch):
+  real = importlib.metadata.version
+  monkeypatch.setattr(importlib.metadata, 'version',
+                      lambda name: '0.0.52' if name == 'libtpu' else real(name))
+  with pytest.raises(UserError, match=r'libtpu 0\.0\.52 is installed, but jax \S+ needs '
+                                      r'libtpu 0\.0\.42\.1 .*pip install libtpu==0\.0\.42\.1'):
     plan.plan(_config(corpus_dir, fsdp=8), 'v5e-8')

@@ -7,6 +7,7 @@ import pytest
 from jaxgpt import checkpoint
 from jaxgpt import model as model_lib
 from jaxgpt import train
+from jaxgpt.errors import UserError
 from configs import models
 from experiments import gpt2, gpt3
 from tests.helpers import tiny_config
@@ -46,5 +47,5 @@ def test_presets_match_published_sizes(family, preset):
 
 
 def test_unknown_preset_names_the_choices():
-  with pytest.raises(KeyError, match="unknown GPT-3 preset '13b'; choose one of 125m, 350m"):
+  with pytest.raises(UserError, match="unknown GPT-3 preset '13b'; choose one of 125m, 350m"):
     gpt3.get_config('13b')

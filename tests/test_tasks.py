@@ -51,6 +51,17 @@ def test_layouts_of_hellaswag_piqa_arc_and_lambada(tmp_path):
       {'context': 'he said', 'choices': [' hello'], 'label': 0}]}
 
 
+def test_choices_without_a_leading_space_are_not_glued_to_the_context(tmp_path):
+  # HellaSwag's and ARC's releases put no space before an ending; PIQA's goal ends in one
+  # here: exactly one space separates context and choice either way.
+  task = tasks.load(_write(tmp_path / 'hs.jsonl', [
+      {'ctx': 'A man', 'endings': ['sits.', 'runs.'], 'label': 0},
+      {'goal': 'Open a jar ', 'sol1': 'twist', 'sol2': 'shout', 'label': 0},
+      {'ctx': 'Then\n', 'endings': ['he sat.', ' he ran.'], 'label': 1}]))
+  assert [e['choices'] for e in task['examples']] == [
+      [' sits.', ' runs.'], ['twist', 'shout'], ['he sat.', ' he ran.']]
+
+
 @pytest.mark.parametrize('line, message', [
     ('{"context": "a", "choices": [" b"], "label": 1', 'bad.jsonl:2 is not JSON'),
     ('{"context": "a", "choices": [" b", " c"], "label": 5}', 'bad.jsonl:2: label 5 names none'),

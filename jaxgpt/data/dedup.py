@@ -176,11 +176,16 @@ class Cluster(PipelineStep):
       return root
 
     counts = {'candidate_pairs': 0, 'verified_pairs': 0}
+    seen = set()  # a pair alike in several bands is listed by each: counted and verified once
     for name in sorted(os.listdir(self.pairs_folder)):
       if not name.endswith('.dups'):
         continue
       pairs = np.fromfile(os.path.join(self.pairs_folder, name), np.uint32).reshape(-1, 4)
       for f1, d1, f2, d2 in pairs.tolist():
+        key = (min((f1, d1), (f2, d2)), max((f1, d1), (f2, d2)))
+        if key in seen:
+          continue
+        seen.add(key)
         counts['candidate_pairs'] += 1
         if not self.verified(rows_cache, (f1, d1), (f2, d2)):
           continue

@@ -53,7 +53,8 @@ def label_names(train: list[Record], label_field: str) -> list[str]:
   return sorted({field(r, label_field) for r in train})
 
 
-def encode_classification(records, tokenizer, labels: list[str] | None, seq_len: int, fc) -> dict:
+def encode_classification(records, tokenizer, labels: list[str] | None, seq_len: int, fc,
+                          part: str = 'train') -> dict:
   """inputs_NxL (the first seq_len tokens), last_N (the last real token), labels_N (zeros
   when `labels` is None: texts to predict)."""
   index = {name: i for i, name in enumerate(labels or ())}
@@ -64,6 +65,11 @@ def encode_classification(records, tokenizer, labels: list[str] | None, seq_len:
     if labels is not None:
       label = field(r, fc.label_field)
       if label not in index:
+        if part != 'train' and not fc[f'{part}_path']:  # the hash split put it there
+          raise UserError(
+              f'{r.where}: label {label!r} occurs only in records that the hash split of '
+              f'finetune.train_path put in the {part} part, so no training record has it; give '
+              f'that label more records, or split the data yourself with finetune.{part}_path')
         raise UserError(f'{r.where}: label {label!r} is not among the training labels {labels}')
       ids_N[i] = index[label]
     ids = tokenizer.encode(field(r, fc.text_field))[:seq_len] or [tokenizer.eod_id]

@@ -134,13 +134,19 @@ def batch_loader(source, global_batch: int, seed: int, process_index: int = 0,
           .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 
 
-def eval_batches(prepared, seq_len: int, global_batch: int, max_batches: int = 0,
-                 process_index: int = 0, process_count: int = 1):
-  """Validation windows in order; the last batch is padded with zero weights."""
+def check_validation(prepared, seq_len: int):
+  """The validation windows, if there is at least one (checked before training starts)."""
   source = windows(prepared, 'val', seq_len)
   if len(source) == 0:
     raise UserError(f'the validation split holds fewer than {seq_len + 1} tokens; raise '
                     'data.val_fraction or lower model.seq_len')
+  return source
+
+
+def eval_batches(prepared, seq_len: int, global_batch: int, max_batches: int = 0,
+                 process_index: int = 0, process_count: int = 1):
+  """Validation windows in order; the last batch is padded with zero weights."""
+  source = check_validation(prepared, seq_len)
   return ordered_batches(source, global_batch, max_batches, process_index, process_count)
 
 

@@ -83,9 +83,25 @@ def check_not_empty(work: str):
   if not kept:
     raise UserError(
         f'the corpus is empty after cleaning (read {read} documents; dropped: {dropped or "none"}'
-        f'{f"; bad records: {bad}" if bad else ""}); point data.paths at more text, relax '
-        "data.clean (e.g. --config.data.clean.min_chars=1) or use --config.data.profile=code "
-        'for code')
+        f'{f"; bad records: {bad}" if bad else ""}); {_emptied_hint(dropped)}')
+
+
+def _emptied_hint(dropped: dict) -> str:
+  """What to change, for the reason that dropped the most documents."""
+  reason = max(dropped, key=dropped.get) if dropped else ''
+  if reason == 'too_long':
+    return ('documents longer than data.clean.max_chars were dropped: raise it (0: no limit), '
+            'or split a big file into documents (a JSONL record each)')
+  if reason == 'too_short':
+    return ('documents shorter than data.clean.min_chars were dropped: lower it (e.g. '
+            '--config.data.clean.min_chars=1) or point data.paths at longer texts')
+  if reason.startswith(('language', 'gopher', 'c4', 'too_few_sentences', 'lorem',
+                        'curly_bracket')):
+    return ("the prose rules of data.profile='web' dropped them: use "
+            '--config.data.profile=code for code or other non-prose text, or relax '
+            'data.clean.language / gopher / c4')
+  return 'point data.paths at more text, or relax data.clean'
+
 
 
 def _splits(token_counts):

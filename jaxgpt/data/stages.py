@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -159,6 +160,15 @@ def stages(cfg, plan: pipeline.Plan, directory: str, work: str, data_fp: str,
                                             val_fraction, threads)], n, unit_bytes),
       Stage('finish', [Finish(cfg, plan, work, directory, data_fp, fingerprint)], 1)]
   return out
+
+
+def die_with_parent():
+  """On Linux, this process is killed when its parent dies: with it set in the build
+  process and in every process it forks (datatrove's workers and its multiprocess
+  manager), a preparation killed however hard leaves nothing behind writing its store."""
+  if sys.platform.startswith('linux'):
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 def run_local(cfg, stage_list: list[Stage], logs: str, language_id: bool):
