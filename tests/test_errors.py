@@ -116,6 +116,13 @@ def test_run_py_prints_user_errors_without_traceback(tmp_path):
     ('val_fraction', 1.0, r'data.val_fraction=1.0 is out of range: use in \[0, 1\)'),
     ('dedup.threshold', 1.5, r'data.dedup.threshold=1.5 is a Jaccard similarity'),
     ('clean.normalize', 'XYZ', r"data.clean.normalize='XYZ': use 'NFC'"),
+    ('clean.gopher.min_words', -5, r'data.clean.gopher.min_words=-5 is out of range: use 0'),
+    ('clean.gopher.max_bullet_lines', 1.5, r'data.clean.gopher.max_bullet_lines=1.5 is out of '
+                                           r'range: use a share in \[0, 1\]'),
+    ('clean.c4.min_sentences', -3, r'data.clean.c4.min_sentences=-3 is out of range: use -1'),
+    ('clean.language.languages', ('english',), r"\['english'\] are not language codes "
+                                               r"fastText's lid.176 gives; use ISO 639 codes"),
+    ('prep.slurm.cpus_per_task', 0, r'data.prep.slurm.cpus_per_task=0 is out of range'),
 ])
 def test_data_preparation_fields_out_of_range(corpus_dir, tmp_path, field, value, match):
   from jaxgpt.data import pipeline

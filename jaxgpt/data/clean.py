@@ -182,6 +182,20 @@ def language_identifier():
   return _IDENTIFIER[0]
 
 
+def check_languages(languages):
+  """data.clean.language.languages must be codes the model labels (ISO 639: 'en', 'de')."""
+  if not languages:
+    return
+  # k=-1 with a negative threshold: every label the model has, however unlikely
+  labels, _ = language_identifier().predict('x', k=-1, threshold=-1.0)
+  known = {label.removeprefix('__label__') for label in labels}
+  unknown = [code for code in languages if code not in known]
+  if unknown:
+    raise UserError(f'data.clean.language.languages={tuple(languages)}: {unknown} are not '
+                    "language codes fastText's lid.176 gives; use ISO 639 codes such as 'en', "
+                    "'de', 'zh' (or () to skip language ID)")
+
+
 def identify_language(text: str) -> tuple[str, float]:
   """The most likely language of `text` (an ISO 639 code) and its probability."""
   labels, probs = language_identifier().predict(text.replace('\n', ' '))

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 
+from jaxgpt.data import clean
 from jaxgpt.data import corpus
 from jaxgpt.data import dedup as dedup_lib
 from jaxgpt.data import tokenizer as tokenizer_lib
@@ -64,7 +65,20 @@ class Plan:
 
 def check_config(cfg):
   """The preparation's numeric fields, checked before anything is read."""
-  for field, value, ok, valid in (
+  g, c4, slurm = cfg.clean.gopher, cfg.clean.c4, cfg.prep.slurm
+  share = lambda x: 0 <= x <= 1
+  gopher = [(f'clean.gopher.{k}', g[k], g[k] >= 0, '0 (off) or more')
+            for k in ('min_words', 'max_words', 'min_mean_word_length', 'max_mean_word_length',
+                      'min_stop_words')]
+  gopher += [(f'clean.gopher.{k}', g[k], share(g[k]), 'a share in [0, 1] (0: off)')
+             for k in ('max_symbol_word_ratio', 'max_bullet_lines', 'max_ellipsis_lines',
+                       'min_alpha_words')]
+  c4_rules = [(f'clean.c4.{k}', c4[k], c4[k] >= -1, '-1 (off) or more')
+              for k in ('min_sentences', 'min_words_per_line', 'max_word_length')]
+  for field, value, ok, valid in gopher + c4_rules + [
+      ('prep.slurm.cpus_per_task', slurm.cpus_per_task, slurm.cpus_per_task >= 1, '1 or more'),
+      ('prep.slurm.mem_per_cpu_gb', slurm.mem_per_cpu_gb, slurm.mem_per_cpu_gb > 0,
+       'more than 0'),
       ('prep.workers', cfg.prep.workers, cfg.prep.workers >= 0, '0 (one per core) or more'),
       ('prep.unit_mb', cfg.prep.unit_mb, cfg.prep.unit_mb > 0, 'more than 0'),
       ('tokenizer.sample_mb', cfg.tokenizer.sample_mb, cfg.tokenizer.sample_mb > 0,
@@ -73,10 +87,11 @@ def check_config(cfg):
       ('clean.language.threshold', cfg.clean.language.threshold,
        0 <= cfg.clean.language.threshold <= 1, 'in [0, 1]'),
       ('clean.language.max_chars', cfg.clean.language.max_chars,
-       cfg.clean.language.max_chars > 0, 'more than 0')):
+       cfg.clean.language.max_chars > 0, 'more than 0')]:
     if not ok:
       raise UserError(f'data.{field}={value} is out of range: use {valid}')
   dedup_lib.minhash_config(cfg.dedup)  # bands, rows, ngram, threshold
+  clean.check_languages(cfg.clean.language.languages)
 
 
 def make_plan(cfg) -> Plan:
