@@ -173,7 +173,10 @@ def _parse_flags(argv):
     return FLAGS(argv)
   except flags.Error as e:
     if 'Error whilst parsing config file' not in str(e):
-      return app.parse_flags_with_usage(argv)  # absl's message for every other flag error
+      # absl's own message (a value of the wrong type, say); parsing again, as absl's
+      # parse_flags_with_usage would, redefines the config's flags and hides it
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
     last = str(e).strip().splitlines()[-1].strip()
     message = re.sub(r'^[\w.]+Error: ', '', last)
     print(f'error: {message}', file=sys.stderr)

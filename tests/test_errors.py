@@ -101,6 +101,17 @@ def test_unknown_config_key(tmp_path):
   assert 'Traceback' not in proc.stderr
 
 
+@pytest.mark.parametrize('flag, message', [
+    ('--config.data.skip_bad_records=maybe', "error: flag --config.data.skip_bad_records=maybe: "
+                                              "('Non-boolean argument to boolean flag'"),
+    ('--config.data.val_fraction=abc', 'error: flag --config.data.val_fraction=abc: could not '
+                                        'convert string to float'),
+])
+def test_a_config_value_of_the_wrong_type_is_named(tmp_path, flag, message):
+  proc = _run('--config=experiments/default.py', f'--workdir={tmp_path}', flag)
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message)
+
+
 def test_run_py_prints_user_errors_without_traceback(tmp_path):
   proc = _run('--config=experiments/default.py', f'--workdir={tmp_path}',
               '--config.mesh.shape.data=3')
