@@ -78,8 +78,8 @@ def _flatten(tree, prefix=''):
   return out
 
 
-def _changed(config, saved: dict) -> list[str]:
-  now, before = _flatten(json.loads(config.to_json())), _flatten(saved)
+def _changed(now: dict, before: dict) -> list[str]:
+  """The keys whose values differ between two flattened configs."""
   return sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
 
 
@@ -87,7 +87,7 @@ def check_resumable(config, saved: dict, workdir: str):
   """Refuses to continue a run under a config that would make it a different run."""
   now = _flatten(json.loads(config.to_json()))
   before = _flatten(saved)
-  differ = [k for k in _changed(config, saved) if not k.startswith(RESUMABLE_CHANGES)]
+  differ = [k for k in _changed(now, before) if not k.startswith(RESUMABLE_CHANGES)]
   if differ and not config.train.allow_config_change:
     changes = '; '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in differ)
     raise UserError(f'{workdir} holds a run with a different config ({changes}). Use another '
@@ -104,7 +104,8 @@ def check_shapes(now: dict, saved: dict | None, config, saved_config: dict, work
       k for k in set(now) & set(saved) if now[k] != saved[k])
   examples = '; '.join(f'{k}: {saved.get(k, "absent")} -> {now.get(k, "absent")}'
                        for k in differ[:3])
-  fields = [k for k in _changed(config, saved_config) if k.startswith(('model.', 'optim.'))]
+  fields = [k for k in _changed(_flatten(json.loads(config.to_json())), _flatten(saved_config))
+            if k.startswith(('model.', 'optim.'))]
   raise UserError(f'{workdir} holds a run whose parameters or optimizer state have other shapes '
                   f'than this config gives ({len(differ)} arrays, e.g. {examples}), which no '
                   f'resume can bridge; the fields that differ: {", ".join(fields) or "none"}. '

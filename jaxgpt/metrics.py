@@ -94,7 +94,8 @@ class Writer:
       return
     with open(self.path) as f:
       lines = f.readlines()
-    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    steps = [_step_of(line) for line in lines]
+    kept = [line for line, s in zip(lines, steps) if s is not None and s <= step]
     if len(kept) < len(lines):
       write_text(self.path, ''.join(kept))
 

@@ -138,6 +138,7 @@ def test_run_py_prints_user_errors_without_traceback(tmp_path):
 def test_data_preparation_fields_out_of_range(corpus_dir, tmp_path, field, value, match):
   from jaxgpt.data import pipeline
   c = tiny_config(corpus_dir).data
+  c.profile = 'web'  # the profile whose fields these are
   *parents, leaf = field.split('.')
   node = c
   for p in parents:

@@ -91,7 +91,6 @@ def check_config(cfg):
     if not ok:
       raise UserError(f'data.{field}={value} is out of range: use {valid}')
   dedup_lib.minhash_config(cfg.dedup)  # bands, rows, ngram, threshold
-  clean.check_languages(cfg.clean.language.languages)
 
 
 def make_plan(cfg) -> Plan:
@@ -102,6 +101,8 @@ def make_plan(cfg) -> Plan:
     raise UserError("data.prep.executor='slurm' needs data.prep.slurm.partition, e.g. "
                     '--config.data.prep.slurm.partition=cpu')
   srcs = corpus.sources(cfg)
+  if any(src.profile == 'web' for src in srcs):  # only 'web' runs language ID
+    clean.check_languages(cfg.clean.language.languages)
   identity = {src.name: corpus.identify(src) for src in srcs}
   total = sum(size for s in identity.values() for _, size, _ in s.get('files', ())) or 1 << 26
   workers = cfg.prep.workers or os.cpu_count() or 1
