@@ -2,6 +2,7 @@
 
 Any config field can be overridden: --config.train.steps=200 --config.model.dtype=bfloat16.
 """
+
 from jaxgpt import hugepages
 
 hugepages.ensure()  # re-executes once, before jax loads: huge pages for XLA:CPU's buffers
@@ -28,42 +29,71 @@ def _exit_on_unknown_key(parse):
   except (AttributeError, KeyError) as e:
     detail = str(e).strip('\'"').replace('\\n', ' ').replace('\n', ' ')
     overrides = [a.split('=')[0] for a in sys.argv[1:] if a.startswith('--config.')]
-    print(f'error: unknown config key among {overrides}: {detail}. Check its spelling against '
-          'configs/base.py, where every field is declared with its default.', file=sys.stderr)
+    print(
+      f'error: unknown config key among {overrides}: {detail}. Check its spelling against '
+      'configs/base.py, where every field is declared with its default.',
+      file=sys.stderr,
+    )
     sys.exit(2)
 
 
-_exit_on_unknown_key(lambda: config_flags.DEFINE_config_file(
-    'config', 'experiments/default.py', 'Experiment config file[:arg].', lock_config=True))
+_exit_on_unknown_key(
+  lambda: config_flags.DEFINE_config_file(
+    'config', 'experiments/default.py', 'Experiment config file[:arg].', lock_config=True
+  )
+)
 flags.DEFINE_string('workdir', None, 'Run directory: data, checkpoints, metrics, samples.')
-flags.DEFINE_enum('mode', 'train',
-                  ['train', 'prepare', 'eval', 'sample', 'plan', 'predict', 'export'],
-                  'train: train (or resume) and evaluate. prepare: build the token store '
-                  '(here, or submitted to Slurm with --config.data.prep.executor=slurm) and '
-                  'stop. eval: evaluate a checkpoint of the '
-                  'run in --workdir on this machine\'s devices (loss and config.eval.tasks). '
-                  'sample: continue prompts with a checkpoint (KV-cache decoding). plan: '
-                  'compile the train step for --topology and report memory, FLOPs and '
-                  'collectives without running it. predict: label --input_file with a '
-                  'classification fine-tune. export: write an instruction fine-tune with its '
-                  'adapters merged as a plain checkpoint in WORKDIR/merged.')
-flags.DEFINE_integer('step', None, 'For --mode=eval/sample: the checkpoint step (default: '
-                     'the latest).')
-flags.DEFINE_multi_string('prompt', [], 'For --mode=sample: a prompt (repeat for several); '
-                          'none: config.eval.prompt. Settings: --config.eval.temperature, '
-                          'top_k, top_p, sample_tokens, seed.')
-flags.DEFINE_string('prompts_file', '', 'For --mode=sample: more prompts, one per line, or '
-                    'JSON strings / {"prompt": ...} per line in a .jsonl file.')
-flags.DEFINE_string('input_file', '', 'For --mode=predict: texts to label (.txt lines, or '
-                    'CSV/TSV/JSONL/JSON with the text field).')
-flags.DEFINE_string('topology', 'cpu:8', 'For --mode=plan: cpu:N (emulated CPU devices) or a '
-                    'TPU slice such as v5e-8, v5p-64, v4-32 (needs the libtpu package).')
-flags.DEFINE_float('device_memory_gb', 0.0, 'For --mode=plan: device memory to check against '
-                   '(0: the TPU generation\'s HBM).')
-flags.DEFINE_string('coordinator', '',
-                    'Multi-process runs without SLURM/TPU: host:port of process 0.')
+flags.DEFINE_enum(
+  'mode',
+  'train',
+  ['train', 'prepare', 'eval', 'sample', 'plan', 'predict', 'export'],
+  'train: train (or resume) and evaluate. prepare: build the token store '
+  '(here, or submitted to Slurm with --config.data.prep.executor=slurm) and '
+  'stop. eval: evaluate a checkpoint of the '
+  "run in --workdir on this machine's devices (loss and config.eval.tasks). "
+  'sample: continue prompts with a checkpoint (KV-cache decoding). plan: '
+  'compile the train step for --topology and report memory, FLOPs and '
+  'collectives without running it. predict: label --input_file with a '
+  'classification fine-tune. export: write an instruction fine-tune with its '
+  'adapters merged as a plain checkpoint in WORKDIR/merged.',
+)
+flags.DEFINE_integer(
+  'step', None, 'For --mode=eval/sample: the checkpoint step (default: the latest).'
+)
+flags.DEFINE_multi_string(
+  'prompt',
+  [],
+  'For --mode=sample: a prompt (repeat for several); '
+  'none: config.eval.prompt. Settings: --config.eval.temperature, '
+  'top_k, top_p, sample_tokens, seed.',
+)
+flags.DEFINE_string(
+  'prompts_file',
+  '',
+  'For --mode=sample: more prompts, one per line, or '
+  'JSON strings / {"prompt": ...} per line in a .jsonl file.',
+)
+flags.DEFINE_string(
+  'input_file',
+  '',
+  'For --mode=predict: texts to label (.txt lines, or CSV/TSV/JSONL/JSON with the text field).',
+)
+flags.DEFINE_string(
+  'topology',
+  'cpu:8',
+  'For --mode=plan: cpu:N (emulated CPU devices) or a '
+  'TPU slice such as v5e-8, v5p-64, v4-32 (needs the libtpu package).',
+)
+flags.DEFINE_float(
+  'device_memory_gb',
+  0.0,
+  "For --mode=plan: device memory to check against (0: the TPU generation's HBM).",
+)
+flags.DEFINE_string(
+  'coordinator', '', 'Multi-process runs without SLURM/TPU: host:port of process 0.'
+)
 flags.DEFINE_integer('num_processes', 0, 'With --coordinator: how many processes.')
-flags.DEFINE_integer('process_id', -1, 'With --coordinator: this process\'s index.')
+flags.DEFINE_integer('process_id', -1, "With --coordinator: this process's index.")
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -75,31 +105,42 @@ def main(argv):
   logging.getLogger('jaxgpt').setLevel(logging.INFO)
   if FLAGS.mode == 'prepare':
     return _prepare()
-  if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:') and not (
-      FLAGS.topology[4:].isdigit() and int(FLAGS.topology[4:]) > 0):
-    _exit(f'--topology={FLAGS.topology}: use cpu:N with N a positive number of emulated '
-          'devices (e.g. cpu:8), or a TPU slice such as v5e-8')
+  if (
+    FLAGS.mode == 'plan'
+    and FLAGS.topology.startswith('cpu:')
+    and not (FLAGS.topology[4:].isdigit() and int(FLAGS.topology[4:]) > 0)
+  ):
+    _exit(
+      f'--topology={FLAGS.topology}: use cpu:N with N a positive number of emulated '
+      'devices (e.g. cpu:8), or a TPU slice such as v5e-8'
+    )
   if FLAGS.mode == 'predict' and not FLAGS.input_file:
-    _exit('--mode=predict needs --input_file=FILE, the texts to label (.txt lines, or '
-          'CSV/TSV/JSONL/JSON with the text field)')
+    _exit(
+      '--mode=predict needs --input_file=FILE, the texts to label (.txt lines, or '
+      'CSV/TSV/JSONL/JSON with the text field)'
+    )
   import jax
+
   if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:'):
     # Must happen before jax starts its CPU backend.
     jax.config.update('jax_num_cpu_devices', int(FLAGS.topology[4:]))
   from jaxgpt import finetune, inference, sharding, train
+
   if FLAGS.mode != 'plan':
-    sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
-                                          FLAGS.process_id)
+    sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     if jax.process_index() != 0:  # one process speaks for the run
       logging.getLogger('jaxgpt').setLevel(logging.WARNING)
   tuning = 'finetune' in FLAGS.config
   try:
     if tuning and FLAGS.mode not in ('train', 'predict', 'export'):
-      raise UserError(f'--mode={FLAGS.mode} is for pretraining runs; a fine-tune trains, '
-                      'predicts (classification) or exports (instructions)')
+      raise UserError(
+        f'--mode={FLAGS.mode} is for pretraining runs; a fine-tune trains, '
+        'predicts (classification) or exports (instructions)'
+      )
     if not tuning and FLAGS.mode in ('predict', 'export'):
-      raise UserError(f'--mode={FLAGS.mode} is for fine-tuning experiments '
-                      '(experiments/finetune_*.py)')
+      raise UserError(
+        f'--mode={FLAGS.mode} is for fine-tuning experiments (experiments/finetune_*.py)'
+      )
     if FLAGS.mode == 'train':
       run = finetune.train_and_evaluate if tuning else train.train_and_evaluate
       result = run(FLAGS.config, FLAGS.workdir)
@@ -111,19 +152,24 @@ def main(argv):
     elif FLAGS.mode == 'export':
       finetune.export(FLAGS.config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':
-      result = inference.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step,
-                                             overrides=_overrides())
+      result = inference.evaluate_checkpoint(
+        FLAGS.config, FLAGS.workdir, FLAGS.step, overrides=_overrides()
+      )
       if jax.process_index() == 0:
         print(json.dumps(result, indent=2))
     elif FLAGS.mode == 'sample':
       prompts = inference.read_prompts(FLAGS.prompt, FLAGS.prompts_file)
-      records = inference.sample_checkpoint(FLAGS.config, FLAGS.workdir, prompts, FLAGS.step,
-                                            overrides=_overrides())
+      records = inference.sample_checkpoint(
+        FLAGS.config, FLAGS.workdir, prompts, FLAGS.step, overrides=_overrides()
+      )
       if jax.process_index() == 0:
         for i, r in enumerate(records):
           end = ' [end of document]' if r['stopped_at_eod'] else ''
-          print(f'--- sample {i} ({r["new_tokens"]} new tokens{end}) ---\n'
-                f'{r["prompt"]}{r["completion"]}', flush=True)
+          print(
+            f'--- sample {i} ({r["new_tokens"]} new tokens{end}) ---\n'
+            f'{r["prompt"]}{r["completion"]}',
+            flush=True,
+          )
     elif FLAGS.mode == 'plan':
       _plan()
   except UserError as e:
@@ -137,12 +183,13 @@ def _exit(message: str):
 
 def _overrides() -> list[str]:
   """The config fields the command line set (--config.model.d_model=128 -> model.d_model)."""
-  return [a[len('--config.'):].split('=')[0] for a in sys.argv[1:] if a.startswith('--config.')]
+  return [a[len('--config.') :].split('=')[0] for a in sys.argv[1:] if a.startswith('--config.')]
 
 
 def _prepare():
   from jaxgpt import workdir
   from jaxgpt.data import pipeline
+
   try:
     with workdir.owned(FLAGS.workdir):
       prepared = pipeline.prepare(FLAGS.config.data, FLAGS.workdir)
@@ -151,13 +198,16 @@ def _prepare():
     return
   except UserError as e:
     _exit(str(e))
-  print(f"token store: {prepared.directory} ({prepared.manifest['tokens']['train']:,} training "
-        f"tokens); data card: {prepared.directory}/card.md")
+  print(
+    f'token store: {prepared.directory} ({prepared.manifest["tokens"]["train"]:,} training '
+    f'tokens); data card: {prepared.directory}/card.md'
+  )
 
 
 def _plan():
   import os
   from jaxgpt import plan
+
   report = plan.plan(FLAGS.config, FLAGS.topology, FLAGS.device_memory_gb)
   print(plan.table(report))
   os.makedirs(FLAGS.workdir, exist_ok=True)

@@ -1,15 +1,16 @@
 """Shared pieces of the benchmarks: a config from the default experiment, timing, tables."""
+
 import json
 import statistics
 import time
 
 import jax
-import numpy as np
 
 from experiments import default
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt import train
+from jaxgpt.data import synthetic
 
 
 def model_config(layers, heads, width, seq_len, batch, vocab=8192, **model):
@@ -32,12 +33,8 @@ def setup(config, devices=None):
 
 
 def random_batch(config, vocab, seed=0):
-  """A batch of config's shape: random token ids from 3 (past the special ids), all weighted."""
-  rng = np.random.default_rng(seed)
-  b, length = config.train.batch_size, config.model.seq_len
-  tokens = rng.integers(3, vocab, (b, length + 1), dtype=np.int32)
-  return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-          'weights': np.ones((b, length), np.float32)}
+  """A batch of config's shape (see synthetic.random_batch)."""
+  return synthetic.random_batch(config.train.batch_size, config.model.seq_len, vocab, seed)
 
 
 def time_calls(fn, repeats, warmup=2):
@@ -59,7 +56,7 @@ def matmul_peak(sizes=(1024, 2048), repeats=10) -> float:
     a = jax.numpy.ones((n, n), jax.numpy.float32)
     f = jax.jit(lambda x: x @ x)
     med, _ = time_calls(lambda: f(a).block_until_ready(), repeats)
-    best = max(best, 2 * n ** 3 / med)
+    best = max(best, 2 * n**3 / med)
   return best
 
 

@@ -5,6 +5,7 @@ policy, and gradient accumulation keeping memory flat.
 
 Everything is read off the compiled train step (`memory_analysis`), on one CPU device.
 """
+
 import argparse
 import os
 import sys
@@ -45,8 +46,13 @@ def remat_memory():
   for policy in ('none', 'dots', 'dots_no_batch', 'full'):
     exe, _ = compiled(common.model_config(12, 4, 256, 256, 8, remat=policy, scan_layers=True))
     mem = exe.memory_analysis()
-    rows.append({'remat': policy, 'temp_MiB': round(mem.temp_size_in_bytes / MIB, 1),
-                 'xla_gflop': round(exe.cost_analysis().get('flops', 0) / 1e9, 2)})
+    rows.append(
+      {
+        'remat': policy,
+        'temp_MiB': round(mem.temp_size_in_bytes / MIB, 1),
+        'xla_gflop': round(exe.cost_analysis().get('flops', 0) / 1e9, 2),
+      }
+    )
   return rows
 
 
@@ -56,18 +62,26 @@ def accumulation_memory(micro_batch=4):
     acc = common.model_config(6, 4, 256, 256, micro_batch * m)
     acc.train.micro_batches = m
     whole = common.model_config(6, 4, 256, 256, micro_batch * m)
-    rows.append({'global_batch': micro_batch * m, 'micro_batches': m,
-                 'temp_MiB_accumulated': round(
-                     compiled(acc)[0].memory_analysis().temp_size_in_bytes / MIB, 1),
-                 'temp_MiB_one_batch': round(
-                     compiled(whole)[0].memory_analysis().temp_size_in_bytes / MIB, 1)})
+    rows.append(
+      {
+        'global_batch': micro_batch * m,
+        'micro_batches': m,
+        'temp_MiB_accumulated': round(
+          compiled(acc)[0].memory_analysis().temp_size_in_bytes / MIB, 1
+        ),
+        'temp_MiB_one_batch': round(
+          compiled(whole)[0].memory_analysis().temp_size_in_bytes / MIB, 1
+        ),
+      }
+    )
   return rows
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--json', default=os.path.join(os.path.dirname(__file__),
-                                                     'compile_memory.json'))
+  parser.add_argument(
+    '--json', default=os.path.join(os.path.dirname(__file__), 'compile_memory.json')
+  )
   args = parser.parse_args()
   results = {}
   print('compile time of the train step (4 heads, width 128, 64 tokens, batch 8)')
@@ -78,8 +92,10 @@ def main():
   common.print_table(results['remat'], ['remat', 'temp_MiB', 'xla_gflop'])
   print('\ngradient accumulation: micro-batches of 4 sequences (6 layers, width 256, 256 tokens)')
   results['accumulation'] = accumulation_memory()
-  common.print_table(results['accumulation'], ['global_batch', 'micro_batches',
-                                               'temp_MiB_accumulated', 'temp_MiB_one_batch'])
+  common.print_table(
+    results['accumulation'],
+    ['global_batch', 'micro_batches', 'temp_MiB_accumulated', 'temp_MiB_one_batch'],
+  )
   common.write_json(args.json, results)
 
 

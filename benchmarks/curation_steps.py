@@ -2,12 +2,13 @@
 
     python benchmarks/curation_steps.py [--docs=2000] [--repeats=3]
 
-Documents of generated English-like prose (benchmarks/corpora.py, 1-8 kB each) go through
+Documents of generated English-like prose (jaxgpt/data/synthetic.py, 1-8 kB each) go through
 each step alone, in one process with one BLAS thread; the table gives the median MB/s of
 `repeats` passes and, for the Gopher and C4 rules, checks that both implementations keep
 the same documents. SentencePiece's encode rate (one thread, a tokenizer trained on the same
 documents) is the yardstick of the preparation's target.
 """
+
 import argparse
 import os
 import random
@@ -22,7 +23,7 @@ from datatrove.data import Document  # noqa: E402
 from datatrove.pipeline.filters.c4_filters import C4QualityFilter  # noqa: E402
 from datatrove.pipeline.filters.gopher_quality_filter import GopherQualityFilter  # noqa: E402
 
-from benchmarks import corpora  # noqa: E402
+from jaxgpt.data import synthetic  # noqa: E402
 from configs import base  # noqa: E402
 from jaxgpt.data import clean, codepoints, dedup, rules  # noqa: E402
 from jaxgpt.data import tokenizer as tokenizer_lib  # noqa: E402
@@ -48,7 +49,7 @@ def main():
   parser.add_argument('--docs', type=int, default=2000)
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
-  prose, rng = corpora.Prose(), random.Random(0)
+  prose, rng = synthetic.Prose(), random.Random(0)
   texts = [prose.document(rng, rng.randint(10, 80)) for _ in range(args.docs)]
   cfg = base.data_config()
   clean.language_identifier()
@@ -57,13 +58,13 @@ def main():
   signatures = dedup.Signatures('/tmp/unused', cfg.dedup)
   language = clean.LanguageFilter(cfg.clean.language)
   steps = [
-      ('language ID (fastText lid.176, first 1,000 chars)', _filter(language)),
-      ('Gopher quality, datatrove', _filter(GopherQualityFilter(language=clean.WORDS))),
-      ('Gopher quality, rules.py', _filter(rules.GopherQuality())),
-      ('C4 rules, datatrove', _filter(C4QualityFilter(language=clean.WORDS))),
-      ('C4 rules, rules.py', _filter(rules.C4Quality(clean.WORDS))),
-      ('MinHash signature (20 x 5)', lambda ts: [signatures.signature(t) for t in ts]),
-      ('SentencePiece encode (1 thread)', lambda ts: tok.encode_batch(ts, 1)),
+    ('language ID (fastText lid.176, first 1,000 chars)', _filter(language)),
+    ('Gopher quality, datatrove', _filter(GopherQualityFilter(language=clean.WORDS))),
+    ('Gopher quality, rules.py', _filter(rules.GopherQuality())),
+    ('C4 rules, datatrove', _filter(C4QualityFilter(language=clean.WORDS))),
+    ('C4 rules, rules.py', _filter(rules.C4Quality(clean.WORDS))),
+    ('MinHash signature (20 x 5)', lambda ts: [signatures.signature(t) for t in ts]),
+    ('SentencePiece encode (1 thread)', lambda ts: tok.encode_batch(ts, 1)),
   ]
   rows, kept = [], {}
   for name, fn in steps:
@@ -76,10 +77,17 @@ def main():
     assert theirs == ours, f'{family}: the two implementations keep different documents'
     print(f'{family}: both keep the same {sum(ours)} of {len(ours)} documents')
   from benchmarks.common import print_table, write_json
+
   print_table(rows, ['step', 'mb_per_s', 'ms_per_mb'])
-  write_json(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'curation_steps.json'),
-             {'machine': f'{os.cpu_count()} cores, one used', 'docs': args.docs, 'rows': rows,
-              'date': time.strftime('%Y-%m-%d')})
+  write_json(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'curation_steps.json'),
+    {
+      'machine': f'{os.cpu_count()} cores, one used',
+      'docs': args.docs,
+      'rows': rows,
+      'date': time.strftime('%Y-%m-%d'),
+    },
+  )
 
 
 if __name__ == '__main__':

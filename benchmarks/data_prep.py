@@ -4,7 +4,7 @@
         [--dir=/tmp/jaxgpt-data-bench]
 
 Each corpus (MB) is JSONL shards of distinct English-like documents made from the standard
-library's docstrings (benchmarks/corpora.py; nothing is downloaded), prepared with a
+library's docstrings (jaxgpt/data/synthetic.py; nothing is downloaded), prepared with a
 profile ('web': language ID, Gopher and C4 rules; 'code': the basic filters only; both with
 exact and near dedup) by `python -m jaxgpt.data.build`, the process `--mode=prepare`
 starts. Peak memory is the
@@ -12,6 +12,7 @@ largest sum of resident memory over that process and its workers, sampled every 
 The table also gives SentencePiece's own encode rate on the same cores, the time to reopen
 the finished store, and near-duplicate detection on planted pairs.
 """
+
 import argparse
 import json
 import os
@@ -19,14 +20,13 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from benchmarks import corpora  # noqa: E402
+from jaxgpt.data import synthetic  # noqa: E402
 from configs import base  # noqa: E402
 from jaxgpt.data import pipeline  # noqa: E402
 from jaxgpt.data import tokenizer as tokenizer_lib  # noqa: E402
@@ -70,8 +70,11 @@ def prepare_measured(cfg, directory) -> tuple[float, int]:
   with open(config_path, 'w') as f:
     f.write(cfg.to_json())
   start = time.time()
-  proc = subprocess.Popen([sys.executable, '-m', 'jaxgpt.data.build', directory, config_path],
-                          cwd=ROOT, env={**os.environ, 'PYTHONPATH': ROOT})
+  proc = subprocess.Popen(
+    [sys.executable, '-m', 'jaxgpt.data.build', directory, config_path],
+    cwd=ROOT,
+    env={**os.environ, 'PYTHONPATH': ROOT},
+  )
   peak = 0
   while proc.poll() is None:
     peak = max(peak, _tree_rss(proc.pid))
@@ -113,15 +116,23 @@ def dedup_quality(prose, n_pairs=600):
   from tests.test_dedup import _removed
   import pathlib
   import tempfile
-  pairs = corpora.planted_pairs(prose, n_pairs, seed=7)
+
+  pairs = synthetic.planted_pairs(prose, n_pairs, seed=7)
   with tempfile.TemporaryDirectory() as tmp:
-    removed = _removed(pathlib.Path(tmp), [[a for a, _, _ in pairs], [b for _, b, _ in pairs]],
-                       base.data_config().dedup)
+    removed = _removed(
+      pathlib.Path(tmp),
+      [[a for a, _, _ in pairs], [b for _, b, _ in pairs]],
+      base.data_config().dedup,
+    )
   caught = np.array([(1, i) in removed for i in range(len(pairs))])
   similarity = np.array([j for _, _, j in pairs])
   high, low = similarity >= 0.8, similarity < 0.5
-  return {'pairs_high': int(high.sum()), 'recall_high': round(float(caught[high].mean()), 4),
-          'pairs_low': int(low.sum()), 'removed_low': round(float(caught[low].mean()), 4)}
+  return {
+    'pairs_high': int(high.sum()),
+    'recall_high': round(float(caught[high].mean()), 4),
+    'pairs_low': int(low.sum()),
+    'removed_low': round(float(caught[low].mean()), 4),
+  }
 
 
 def main():
@@ -130,7 +141,7 @@ def main():
   parser.add_argument('--dir', default='/tmp/jaxgpt-data-bench')
   parser.add_argument('--shard_mb', type=int, default=32)
   args = parser.parse_args()
-  prose = corpora.Prose()
+  prose = synthetic.Prose()
   rows = []
   for run in args.runs.split(','):
     profile, size_mb = run.split(':')[0], int(run.split(':')[1])
@@ -138,12 +149,14 @@ def main():
     if not os.path.exists(os.path.join(corpus_dir, 'done')):
       shutil.rmtree(corpus_dir, ignore_errors=True)
       start = time.time()
-      corpora.write_jsonl_shards(corpus_dir, prose, size_mb << 20, args.shard_mb << 20,
-                                 seed=size_mb)
+      synthetic.write_jsonl_shards(
+        corpus_dir, prose, size_mb << 20, args.shard_mb << 20, seed=size_mb
+      )
       open(os.path.join(corpus_dir, 'done'), 'w').close()
       print(f'made the {size_mb} MB corpus in {time.time() - start:.0f} s', flush=True)
-    paths = sorted(os.path.join(corpus_dir, p) for p in os.listdir(corpus_dir)
-                   if p.endswith('.jsonl'))
+    paths = sorted(
+      os.path.join(corpus_dir, p) for p in os.listdir(corpus_dir) if p.endswith('.jsonl')
+    )
     cfg = data_config(paths, profile)
     workdir = os.path.join(args.dir, f'run-{profile}-{size_mb}mb')
     shutil.rmtree(workdir, ignore_errors=True)
@@ -151,27 +164,41 @@ def main():
     with open(os.path.join(workdir, 'data', 'manifest.json')) as f:
       manifest = json.load(f)
     nbytes = sum(os.path.getsize(p) for p in paths)
-    rows.append({
-        'profile': profile, 'corpus_mb': round(nbytes / 1e6), 'seconds': round(seconds, 1),
+    rows.append(
+      {
+        'profile': profile,
+        'corpus_mb': round(nbytes / 1e6),
+        'seconds': round(seconds, 1),
         'mb_per_s': round(nbytes / 1e6 / seconds, 2),
-        'encode_mb_per_s': round(encode_rate(os.path.join(workdir, 'data', 'tokenizer.model'),
-                                             paths), 2),
-        'peak_rss_mb': round(peak / 1e6), 'tokens': manifest['tokens']['train']
-        + manifest['tokens']['val'], 'kept_docs': sum(manifest['documents'].values()),
-        'reopen_s': round(reopen_seconds(cfg, workdir), 4)})
+        'encode_mb_per_s': round(
+          encode_rate(os.path.join(workdir, 'data', 'tokenizer.model'), paths), 2
+        ),
+        'peak_rss_mb': round(peak / 1e6),
+        'tokens': manifest['tokens']['train'] + manifest['tokens']['val'],
+        'kept_docs': sum(manifest['documents'].values()),
+        'reopen_s': round(reopen_seconds(cfg, workdir), 4),
+      }
+    )
     rows[-1]['vs_encode'] = round(rows[-1]['mb_per_s'] / rows[-1]['encode_mb_per_s'], 2)
     with open(os.path.join(workdir, 'data', 'logs', 'seconds.json')) as f:
       rows[-1]['stage_seconds'] = json.load(f)
     print(json.dumps(rows[-1]), flush=True)
   from benchmarks.common import print_table, write_json
+
   print_table(rows, [k for k in rows[0] if k != 'stage_seconds'])
   for r in rows:
-    print(f"{r['profile']} {r['corpus_mb']} MB, seconds per stage: {r['stage_seconds']}")
+    print(f'{r["profile"]} {r["corpus_mb"]} MB, seconds per stage: {r["stage_seconds"]}')
   quality = dedup_quality(prose)
   print('near-duplicate detection on planted pairs:', quality)
-  write_json(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data_prep.json'),
-             {'machine': f'{os.cpu_count()} cores', 'rows': rows, 'dedup': quality,
-              'date': time.strftime('%Y-%m-%d')})
+  write_json(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data_prep.json'),
+    {
+      'machine': f'{os.cpu_count()} cores',
+      'rows': rows,
+      'dedup': quality,
+      'date': time.strftime('%Y-%m-%d'),
+    },
+  )
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ it, a prefill and then one token per row per step. Both draw the same tokens (te
 The last column is the cached path of the same model with scan_layers=True (the large
 presets' setting), whose layers update one stacked cache.
 """
+
 import argparse
 import os
 import sys
@@ -71,27 +72,37 @@ def main():
       _warm_up(gen, args.batch)
     cached_s, cached = _timed(lambda: gen.generate(prompts), args.repeats)
     # Recomputation grows quadratically: one run is enough at 512 and 1024 tokens.
-    uncached_s, uncached = _timed(lambda: gen.generate_uncached(prompts),
-                                  args.repeats if n <= 128 else 1)
+    uncached_s, uncached = _timed(
+      lambda: gen.generate_uncached(prompts), args.repeats if n <= 128 else 1
+    )
     assert cached == uncached, 'the cached and uncached paths drew different tokens'
     gen_scan = generate.Generator(scanned.model, scanned_params, settings, eod_id=-1, pad_id=0)
     gen_scan.generate(prompts)  # compiles
     scan_s, _ = _timed(lambda: gen_scan.generate(prompts), args.repeats)
     tokens = n * args.batch
-    rows.append({'new_tokens': n, 'batch': args.batch,
-                 'cached_tok_s': round(tokens / cached_s, 1),
-                 'uncached_tok_s': round(tokens / uncached_s, 1),
-                 'cached_ms_per_step': round(1e3 * cached_s / n, 2),
-                 'uncached_ms_per_step': round(1e3 * uncached_s / n, 2),
-                 'speedup': round(uncached_s / cached_s, 1),
-                 'scan_cached_ms_per_step': round(1e3 * scan_s / n, 2)})
+    rows.append(
+      {
+        'new_tokens': n,
+        'batch': args.batch,
+        'cached_tok_s': round(tokens / cached_s, 1),
+        'uncached_tok_s': round(tokens / uncached_s, 1),
+        'cached_ms_per_step': round(1e3 * cached_s / n, 2),
+        'uncached_ms_per_step': round(1e3 * uncached_s / n, 2),
+        'speedup': round(uncached_s / cached_s, 1),
+        'scan_cached_ms_per_step': round(1e3 * scan_s / n, 2),
+      }
+    )
     print(rows[-1], flush=True)
-  print(f'\n{jax.devices()[0].device_kind}, model 4L/256w/4h, context {CONTEXT}, prompt '
-        f'{PROMPT} tokens, batch {args.batch}; medians of {args.repeats} runs (uncached at 512 '
-        'and 1024: one run)')
+  print(
+    f'\n{jax.devices()[0].device_kind}, model 4L/256w/4h, context {CONTEXT}, prompt '
+    f'{PROMPT} tokens, batch {args.batch}; medians of {args.repeats} runs (uncached at 512 '
+    'and 1024: one run)'
+  )
   common.print_table(rows, list(rows[0]))
-  common.write_json(args.json, {'rows': rows, 'context': CONTEXT, 'prompt': PROMPT,
-                                'device': jax.devices()[0].device_kind})
+  common.write_json(
+    args.json,
+    {'rows': rows, 'context': CONTEXT, 'prompt': PROMPT, 'device': jax.devices()[0].device_kind},
+  )
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ and right after each config's steps and the larger of the two is the denominator
 elementwise stand-in while its FLOPs are still counted: the most MFU that any attention
 kernel could give this step.
 """
+
 import argparse
 import os
 import sys
@@ -31,8 +32,8 @@ from jaxgpt import sharding  # noqa: E402
 from jaxgpt import train  # noqa: E402
 
 CONFIGS = {  # name: (layers, heads, width, seq_len, batch)
-    'small 4L/128w/64t': (4, 4, 128, 64, 12),
-    'medium 6L/384w/256t': (6, 6, 384, 256, 16),
+  'small 4L/128w/64t': (4, 4, 128, 64, 12),
+  'medium 6L/384w/256t': (6, 6, 384, 256, 16),
 }
 
 
@@ -56,12 +57,17 @@ def measure(name, shape, repeats, **model):
   peak = max(peak_before, peak_after)
   tokens = config.train.batch_size * config.model.seq_len
   flops = metrics.flops_per_token(s.model.cfg) * tokens
-  return {'config': name, 'step_ms': round(1e3 * median, 1),
-          'tokens_per_s': round(tokens / median), 'mfu_pct': round(100 * flops / median / peak, 1),
-          'gflop_per_step': round(flops / 1e9, 2), 'peak_gflop_s': round(peak / 1e9, 1),
-          'peaks_before_after_gflop_s': [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)],
-          'times_s': [round(t, 4) for t in times],
-          **{k: v for k, v in model.items()}}
+  return {
+    'config': name,
+    'step_ms': round(1e3 * median, 1),
+    'tokens_per_s': round(tokens / median),
+    'mfu_pct': round(100 * flops / median / peak, 1),
+    'gflop_per_step': round(flops / 1e9, 2),
+    'peak_gflop_s': round(peak / 1e9, 1),
+    'peaks_before_after_gflop_s': [round(peak_before / 1e9, 1), round(peak_after / 1e9, 1)],
+    'times_s': [round(t, 4) for t in times],
+    **{k: v for k, v in model.items()},
+  }
 
 
 def main():
@@ -70,19 +76,23 @@ def main():
   parser.add_argument('--json', default=os.path.join(os.path.dirname(__file__), 'train_step.json'))
   parser.add_argument('--without_attention', action='store_true')
   args = parser.parse_args()
-  print(f'device: {jax.devices()[0].device_kind}; malloc huge pages: '
-        f'{"on" if hugepages.active() else "off"}')
+  print(
+    f'device: {jax.devices()[0].device_kind}; malloc huge pages: '
+    f'{"on" if hugepages.active() else "off"}'
+  )
   rows = [measure(name, shape, args.repeats) for name, shape in CONFIGS.items()]
   if args.without_attention:
     # model.py looks attention.causal up when it traces, so the swap reaches only the
     # steps compiled after it. v + q * k keeps gradients flowing to all three.
     def stand_in(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block, dropout_fn, segments_BxL=None):
       return v_BxLxHxK + q_BxLxHxK * k_BxLxHxK
+
     attention.causal = stand_in
     name = 'medium 6L/384w/256t'
     rows.append(measure(name + ', no attention', CONFIGS[name], args.repeats))
-  common.print_table(rows, ['config', 'step_ms', 'tokens_per_s', 'peak_gflop_s', 'mfu_pct',
-                            'gflop_per_step'])
+  common.print_table(
+    rows, ['config', 'step_ms', 'tokens_per_s', 'peak_gflop_s', 'mfu_pct', 'gflop_per_step']
+  )
   common.write_json(args.json, {'hugepages': hugepages.active(), 'rows': rows})
 
 

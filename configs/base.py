@@ -5,6 +5,7 @@ any field can also be overridden on the command line (`--config.train.steps=200`
 Fields whose value is "derived" use 0 or '' as "work it out", never None, so that the
 command line can still override them with a typed value.
 """
+
 import ml_collections
 
 from configs import mesh as mesh_presets
@@ -18,8 +19,16 @@ def data_config() -> ml_collections.ConfigDict:
   d.source = 'stdlib'
   d.paths = ()  # for source='files': files, directories or globs
   d.val_paths = ()  # an explicit validation source; replaces the hash split when set
-  d.extensions = ('.py', '.txt', '.md', '.jsonl', '.json', '.jsonl.gz', '.jsonl.zst',
-                  '.parquet')  # kept when walking a directory
+  d.extensions = (
+    '.py',
+    '.txt',
+    '.md',
+    '.jsonl',
+    '.json',
+    '.jsonl.gz',
+    '.jsonl.zst',
+    '.parquet',
+  )  # kept when walking a directory
   d.text_field = 'text'  # the text field of JSONL/Parquet records and TFDS examples
   d.tfds_name = ''  # e.g. 'c4/en', 'wikipedia/20230601.en', 'lm1b'
   d.tfds_split = 'train'
@@ -108,16 +117,31 @@ def no_argument(arg, experiment: str):
   """For an experiment's get_config that takes no `:argument`: one given is a mistake."""
   if arg:
     from jaxgpt.errors import UserError
-    raise UserError(f'{experiment} takes no :argument (got {arg!r}); drop it, or see the '
-                    'experiments that take one (gpt2.py, gpt3.py, mixture.py)')
+
+    raise UserError(
+      f'{experiment} takes no :argument (got {arg!r}); drop it, or see the '
+      'experiments that take one (gpt2.py, gpt3.py, mixture.py)'
+    )
 
 
 def source_config(**fields) -> ml_collections.ConfigDict:
   """One entry of data.mixture: the data config's source fields, a weight, and `fields`."""
   d = data_config()
-  s = ml_collections.ConfigDict({k: d[k] for k in (
-      'source', 'paths', 'extensions', 'text_field', 'tfds_name', 'tfds_split', 'data_dir',
-      'profile')})
+  s = ml_collections.ConfigDict(
+    {
+      k: d[k]
+      for k in (
+        'source',
+        'paths',
+        'extensions',
+        'text_field',
+        'tfds_name',
+        'tfds_split',
+        'data_dir',
+        'profile',
+      )
+    }
+  )
   s.weight = 1.0  # relative share of training windows drawn from this source
   s.update(fields)
   return s

@@ -4,16 +4,21 @@ The model's shape and the tokenizer come from the pretrained checkpoint named by
 finetune.base_workdir; config.model is overwritten with the saved model fields at start,
 so a fine-tune's own checkpoints record the model they trained.
 """
+
 import ml_collections
 
 from configs import base
 
-ALPACA = ('Below is an instruction that describes a task, paired with an input that provides '
-          'further context. Write a response that appropriately completes the request.\n\n'
-          '### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n')
-ALPACA_NO_INPUT = ('Below is an instruction that describes a task. Write a response that '
-                   'appropriately completes the request.\n\n'
-                   '### Instruction:\n{instruction}\n\n### Response:\n')
+ALPACA = (
+  'Below is an instruction that describes a task, paired with an input that provides '
+  'further context. Write a response that appropriately completes the request.\n\n'
+  '### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n'
+)
+ALPACA_NO_INPUT = (
+  'Below is an instruction that describes a task. Write a response that '
+  'appropriately completes the request.\n\n'
+  '### Instruction:\n{instruction}\n\n### Response:\n'
+)
 
 
 def finetune_config(task: str) -> ml_collections.ConfigDict:

@@ -4,26 +4,27 @@ Mesh axes: `data` (replicas), `fsdp` (params, grads and optimizer state sharded,
 `tensor` (Megatron: heads, MLP width and vocabulary split). A size of -1 takes the devices
 the other axes leave.
 """
+
 import ml_collections
 
 # Rules are tried in order and a mesh axis is used at most once per array, so an
 # activation named ('batch', 'length', 'embed') gets batch -> (data, fsdp) and leaves
 # embed unsharded, while a parameter ('embed', 'mlp') gets embed -> fsdp.
 RULES = (
-    ('batch', ('data', 'fsdp')),
-    ('vocab', 'tensor'),
-    ('heads', 'tensor'),
-    ('mlp', 'tensor'),
-    ('embed', 'fsdp'),
-    ('length', None),
-    ('head_dim', None),
-    ('layers', None),
+  ('batch', ('data', 'fsdp')),
+  ('vocab', 'tensor'),
+  ('heads', 'tensor'),
+  ('mlp', 'tensor'),
+  ('embed', 'fsdp'),
+  ('length', None),
+  ('head_dim', None),
+  ('layers', None),
 )
 
 SHAPES = {
-    'dp': {'data': -1, 'fsdp': 1, 'tensor': 1},
-    'fsdp': {'data': 1, 'fsdp': -1, 'tensor': 1},
-    'tp': {'data': 1, 'fsdp': 1, 'tensor': -1},
+  'dp': {'data': -1, 'fsdp': 1, 'tensor': 1},
+  'fsdp': {'data': 1, 'fsdp': -1, 'tensor': 1},
+  'tp': {'data': 1, 'fsdp': 1, 'tensor': -1},
 }
 
 

@@ -8,25 +8,35 @@ GIB = 1 << 30
 
 # family: (chip config, HBM bytes per device, names count cores?, peak bf16 FLOP/s per device)
 FAMILIES = {
-    'v4': ('megacore', 32 * GIB, True, 275e12),
-    'v5p': ('megacore', 95 * GIB, True, 459e12),
-    'v5e': ('default', 16 * GIB, False, 197e12),
-    'v6e': ('default', 32 * GIB, False, 918e12),
+  'v4': ('megacore', 32 * GIB, True, 275e12),
+  'v5p': ('megacore', 95 * GIB, True, 459e12),
+  'v5e': ('default', 16 * GIB, False, 197e12),
+  'v6e': ('default', 32 * GIB, False, 918e12),
 }
 
 # Chip grids by chip count: 2-D tori for v5e/v6e, 3-D for v4/v5p.
-GRID_2D = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
-           256: '16x16'}
-GRID_3D = {4: '2x2x1', 8: '2x2x2', 16: '2x2x4', 32: '2x4x4', 64: '4x4x4', 128: '4x4x8',
-           256: '4x8x8', 512: '8x8x8', 1024: '8x8x16'}
+GRID_2D = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16', 256: '16x16'}
+GRID_3D = {
+  4: '2x2x1',
+  8: '2x2x2',
+  16: '2x2x4',
+  32: '2x4x4',
+  64: '4x4x4',
+  128: '4x4x8',
+  256: '4x8x8',
+  512: '8x8x8',
+  1024: '8x8x16',
+}
 
 
 def parse(name: str):
   """'v5p-64' -> (topology name for jax, chip config, devices, HBM bytes, peak FLOP/s)."""
   family, _, count = name.partition('-')
   if family not in FAMILIES or not count.isdigit():
-    raise ValueError(f'unknown topology {name!r}: use cpu:N or one of '
-                     f'{", ".join(f + "-N" for f in FAMILIES)} (e.g. v5e-8, v5p-64, v4-32)')
+    raise ValueError(
+      f'unknown topology {name!r}: use cpu:N or one of '
+      f'{", ".join(f + "-N" for f in FAMILIES)} (e.g. v5e-8, v5p-64, v4-32)'
+    )
   chip_config, hbm, counts_cores, peak = FAMILIES[family]
   chips = int(count) // 2 if counts_cores else int(count)
   grids = GRID_3D if counts_cores else GRID_2D

@@ -6,6 +6,7 @@ Builds the corpus from the running interpreter's standard library (no network), 
 BPE tokenizer, a 4-layer GPT for a few minutes, evaluates it and prints samples. Running
 the same command again resumes from the latest checkpoint.
 """
+
 from configs import base
 
 

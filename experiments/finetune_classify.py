@@ -10,6 +10,7 @@ A head on the last real token's final state; the data hold a text and a label co
 TSV, JSONL or JSON). Reports accuracy and per-class precision, recall and F1 on each
 split, and writes confusion matrices as PNG.
 """
+
 from configs import base, finetune
 
 

@@ -11,6 +11,7 @@ responses are written to WORKDIR/responses.jsonl beside the references.
 `--mode=export` writes the model with LoRA adapters merged into WORKDIR/merged, a plain
 checkpoint that `--mode=sample` and `--mode=eval` read.
 """
+
 from configs import base, finetune
 
 

@@ -5,6 +5,7 @@
 Presets: 124m, 355m, 774m, 1.5b; context 1024 and GPT-2's 50257-token vocabulary, padded
 to 50304 (a multiple of 128) so that the embedding and logits matmuls tile well.
 """
+
 from configs import base, models
 
 

@@ -7,6 +7,7 @@ Presets: 125m, 350m, 760m, 1.3b, 2.7b, 6.7b, with context 2048 and the 50257-tok
 vocabulary (padded to 50304). Sized for accelerators: on a CPU use them to plan memory, or
 shrink them on the command line.
 """
+
 from configs import base, models
 
 # Batch size in sequences of 2048 from the paper (0.5M tokens for 125m and 350m, 1M for 760m

@@ -7,6 +7,7 @@ temporary name and renames it when complete, so a killed save never looks like a
 checkpoint; with async saving the arrays are copied off the devices and written in the
 background while training goes on.
 """
+
 import base64
 import logging
 import os
@@ -24,11 +25,11 @@ _ITEM_FILES = {'state': '_METADATA', 'config': 'metadata', 'tokenizer': 'metadat
 
 
 class Checkpointer:
-
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+      max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -36,10 +37,12 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator, config, tokenizer, force=False) -> bool:
     items = dict(
-        state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(config.to_dict()),
-        tokenizer=ocp.args.JsonSave({'sha256': tokenizer.sha256,
-                                     'model': base64.b64encode(tokenizer.proto).decode()}))
+      state=ocp.args.StandardSave(state),
+      config=ocp.args.JsonSave(config.to_dict()),
+      tokenizer=ocp.args.JsonSave(
+        {'sha256': tokenizer.sha256, 'model': base64.b64encode(tokenizer.proto).decode()}
+      ),
+    )
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -56,13 +59,15 @@ class Checkpointer:
     """Only the params of a saved state (no optimizer moments), onto the shardings that
     `abstract_params` carries: what a fine-tune or an evaluation needs of a run."""
     restore_args = ocp.checkpoint_utils.construct_restore_args({'params': abstract_params})
-    args = ocp.args.PyTreeRestore(item={'params': abstract_params}, restore_args=restore_args,
-                                  partial_restore=True)
+    args = ocp.args.PyTreeRestore(
+      item={'params': abstract_params}, restore_args=restore_args, partial_restore=True
+    )
     return self.manager.restore(step, args=ocp.args.Composite(state=args))['state']['params']
 
   def restore_json(self, step: int, item: str) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.JsonRestore()}))[item]
+    return self.manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[
+      item
+    ]
 
   def missing(self, step: int, with_data: bool) -> list[str]:
     """The files of a step's items that are not there."""
@@ -97,15 +102,18 @@ class Checkpointer:
           self.manager.reload()
           log.warning('moved it to %s.damaged', path)
     if damaged:
-      raise UserError(f'no intact checkpoint in {self.directory}: {"; ".join(damaged)}. Restore '
-                      'those files, or move the checkpoints away to start the run afresh')
+      raise UserError(
+        f'no intact checkpoint in {self.directory}: {"; ".join(damaged)}. Restore '
+        'those files, or move the checkpoints away to start the run afresh'
+      )
     return None, None
 
   def saved_shapes(self, step: int) -> dict | None:
     """{'params/block_0/...': shape} of a step's train state, from its metadata alone; None
     when the metadata does not read (the restore then finds the step damaged)."""
-    reader = ocp.CheckpointManager(self.directory, item_handlers={
-        'state': ocp.StandardCheckpointHandler()})
+    reader = ocp.CheckpointManager(
+      self.directory, item_handlers={'state': ocp.StandardCheckpointHandler()}
+    )
     try:
       return shapes(reader.item_metadata(step)['state'])
     except Exception as e:  # noqa: BLE001 (what a damaged file raises varies)
@@ -136,11 +144,14 @@ def _key_name(k) -> str:
 
 def shapes(tree) -> dict:
   """{'a/b/0/c': shape} for the arrays of a tree (states, metadata trees alike)."""
-  return {'/'.join(_key_name(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    '/'.join(_key_name(k) for k in path): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def abstract_with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs that tell Orbax where each restored array goes."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract_tree, shardings)
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings
+  )

@@ -3,6 +3,7 @@
 Bits per byte divide the summed loss by the bytes the target tokens stand for (from the
 tokenizer's per-id byte table), so runs with different tokenizers compare fairly.
 """
+
 import math
 
 import jax
@@ -19,16 +20,23 @@ def make_eval_step(model):
     # memory than training's.
     nll = loss_lib.lm_nll_sum(model, params, batch, deterministic=True)
     weights_BxL = batch['weights']
-    return {'nll': nll, 'tokens': weights_BxL.sum(),
-            'bytes': (byte_table_V[batch['targets']] * weights_BxL).sum()}
+    return {
+      'nll': nll,
+      'tokens': weights_BxL.sum(),
+      'bytes': (byte_table_V[batch['targets']] * weights_BxL).sum(),
+    }
+
   return eval_step
 
 
 def summarize(totals: dict) -> dict:
   loss = totals['nll'] / max(totals['tokens'], 1.0)
-  return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
-          'bits_per_byte': totals['nll'] / max(totals['bytes'], 1.0) / math.log(2),
-          'tokens': totals['tokens']}
+  return {
+    'loss': loss,
+    'perplexity': math.exp(min(loss, 700.0)),
+    'bits_per_byte': totals['nll'] / max(totals['bytes'], 1.0) / math.log(2),
+    'tokens': totals['tokens'],
+  }
 
 
 def evaluate(eval_step, params, batches, byte_table_V, to_global) -> dict:
@@ -43,8 +51,11 @@ def evaluate(eval_step, params, batches, byte_table_V, to_global) -> dict:
 
 def make_jitted_eval_step(model, state_param_shardings, batch_sharding):
   replicated = NamedSharding(batch_sharding.mesh, P())
-  return jax.jit(make_eval_step(model), in_shardings=(state_param_shardings, batch_sharding,
-                                                      replicated), out_shardings=replicated)
+  return jax.jit(
+    make_eval_step(model),
+    in_shardings=(state_param_shardings, batch_sharding, replicated),
+    out_shardings=replicated,
+  )
 
 
 def byte_table(tokenizer, vocab_size):
@@ -53,11 +64,14 @@ def byte_table(tokenizer, vocab_size):
 
 def classification_loss_and_accuracy(logits_NxC, labels_N) -> dict:
   logits_NxC = np.asarray(logits_NxC, np.float64)
-  logz_N = np.log(np.exp(logits_NxC - logits_NxC.max(-1, keepdims=True)).sum(-1)) \
-      + logits_NxC.max(-1)
+  logz_N = np.log(np.exp(logits_NxC - logits_NxC.max(-1, keepdims=True)).sum(-1)) + logits_NxC.max(
+    -1
+  )
   nll_N = logz_N - logits_NxC[np.arange(len(labels_N)), labels_N]
-  return {'loss': float(nll_N.mean()),
-          'accuracy': float((logits_NxC.argmax(-1) == labels_N).mean())}
+  return {
+    'loss': float(nll_N.mean()),
+    'accuracy': float((logits_NxC.argmax(-1) == labels_N).mean()),
+  }
 
 
 def classification_report(labels_N, predicted_N, names: list[str]) -> dict:
@@ -73,11 +87,19 @@ def classification_report(labels_N, predicted_N, names: list[str]) -> dict:
     precision = tp / max(confusion[:, i].sum(), 1)
     recall = tp / max(confusion[i].sum(), 1)
     f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-    per_class[name] = {'precision': float(precision), 'recall': float(recall), 'f1': float(f1),
-                       'support': int(confusion[i].sum())}
+    per_class[name] = {
+      'precision': float(precision),
+      'recall': float(recall),
+      'f1': float(f1),
+      'support': int(confusion[i].sum()),
+    }
   n = len(labels_N)
   accuracy = float((labels_N == predicted_N).mean()) if n else 0.0
-  return {'accuracy': accuracy,
-          'accuracy_stderr': math.sqrt(accuracy * (1 - accuracy) / (n - 1)) if n > 1 else 0.0,
-          'macro_f1': float(np.mean([v['f1'] for v in per_class.values()])),
-          'examples': n, 'per_class': per_class, 'confusion': confusion.tolist()}
+  return {
+    'accuracy': accuracy,
+    'accuracy_stderr': math.sqrt(accuracy * (1 - accuracy) / (n - 1)) if n > 1 else 0.0,
+    'macro_f1': float(np.mean([v['f1'] for v in per_class.values()])),
+    'examples': n,
+    'per_class': per_class,
+    'confusion': confusion.tolist(),
+  }

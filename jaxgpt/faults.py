@@ -2,6 +2,7 @@
 
 The train loop asks these at step boundaries; each failure names the fix.
 """
+
 import json
 import signal
 
@@ -39,6 +40,7 @@ class StopRequest:
     if step % sync_every:
       return False
     from jax.experimental import multihost_utils
+
     flags = multihost_utils.process_allgather(np.int32(self.signal is not None))
     return bool(np.asarray(flags).any())
 
@@ -47,12 +49,16 @@ def stop_non_finite(step: int, last_saved: int | None, skipping: bool):
   """Stops the run at the first non-finite step (unless train.skip_nonfinite skips it)."""
   if skipping:
     return
-  where = (f'the latest checkpoint is the last good one (step {last_saved}), and the run '
-           'resumes from it' if last_saved is not None else
-           'no checkpoint was saved before it, so the run starts afresh')
-  raise UserError(f'the loss or gradient became non-finite at step {step}; stopped without '
-                  f'saving it: {where}. Lower optim.lr, raise optim.warmup_steps or set '
-                  '--config.train.skip_nonfinite=True to skip such updates')
+  where = (
+    f'the latest checkpoint is the last good one (step {last_saved}), and the run resumes from it'
+    if last_saved is not None
+    else 'no checkpoint was saved before it, so the run starts afresh'
+  )
+  raise UserError(
+    f'the loss or gradient became non-finite at step {step}; stopped without '
+    f'saving it: {where}. Lower optim.lr, raise optim.warmup_steps or set '
+    '--config.train.skip_nonfinite=True to skip such updates'
+  )
 
 
 # Fields a resumed run may change: how it reports and saves, where it runs, and the knobs
@@ -60,12 +66,27 @@ def stop_non_finite(step: int, last_saved: int | None, skipping: bool):
 # a run that ran out of memory resumes with more remat, micro-batches or loss chunks.
 # (Micro-batches also draw dropout's masks per micro-batch.) Runs saved before
 # model.loss_chunks existed resume too.
-RESUMABLE_CHANGES = ('train.run_steps', 'train.log_every', 'train.eval_every',
-                     'train.eval_batches', 'train.checkpoint_every', 'train.keep_checkpoints',
-                     'train.async_checkpoints', 'train.peak_flops', 'train.skip_nonfinite',
-                     'train.allow_config_change', 'data.cache_dir', 'data.skip_bad_records',
-                     'data.prep.', 'eval.', 'mesh.', 'model.loss_chunks', 'model.remat',
-                     'model.attention_block', 'train.micro_batches')
+RESUMABLE_CHANGES = (
+  'train.run_steps',
+  'train.log_every',
+  'train.eval_every',
+  'train.eval_batches',
+  'train.checkpoint_every',
+  'train.keep_checkpoints',
+  'train.async_checkpoints',
+  'train.peak_flops',
+  'train.skip_nonfinite',
+  'train.allow_config_change',
+  'data.cache_dir',
+  'data.skip_bad_records',
+  'data.prep.',
+  'eval.',
+  'mesh.',
+  'model.loss_chunks',
+  'model.remat',
+  'model.attention_block',
+  'train.micro_batches',
+)
 
 
 def _flatten(tree, prefix=''):
@@ -90,9 +111,11 @@ def check_resumable(config, saved: dict, workdir: str):
   differ = [k for k in _changed(now, before) if not k.startswith(RESUMABLE_CHANGES)]
   if differ and not config.train.allow_config_change:
     changes = '; '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in differ)
-    raise UserError(f'{workdir} holds a run with a different config ({changes}). Use another '
-                    '--workdir, or pass --config.train.allow_config_change=True to resume '
-                    'it under the new config')
+    raise UserError(
+      f'{workdir} holds a run with a different config ({changes}). Use another '
+      '--workdir, or pass --config.train.allow_config_change=True to resume '
+      'it under the new config'
+    )
 
 
 def check_shapes(now: dict, saved: dict | None, config, saved_config: dict, workdir: str):
@@ -101,15 +124,22 @@ def check_shapes(now: dict, saved: dict | None, config, saved_config: dict, work
   if saved is None or now == saved:
     return
   differ = sorted(set(now) ^ set(saved)) + sorted(
-      k for k in set(now) & set(saved) if now[k] != saved[k])
-  examples = '; '.join(f'{k}: {saved.get(k, "absent")} -> {now.get(k, "absent")}'
-                       for k in differ[:3])
-  fields = [k for k in _changed(_flatten(json.loads(config.to_json())), _flatten(saved_config))
-            if k.startswith(('model.', 'optim.'))]
-  raise UserError(f'{workdir} holds a run whose parameters or optimizer state have other shapes '
-                  f'than this config gives ({len(differ)} arrays, e.g. {examples}), which no '
-                  f'resume can bridge; the fields that differ: {", ".join(fields) or "none"}. '
-                  'Use another --workdir for the new shape, or drop those overrides')
+    k for k in set(now) & set(saved) if now[k] != saved[k]
+  )
+  examples = '; '.join(
+    f'{k}: {saved.get(k, "absent")} -> {now.get(k, "absent")}' for k in differ[:3]
+  )
+  fields = [
+    k
+    for k in _changed(_flatten(json.loads(config.to_json())), _flatten(saved_config))
+    if k.startswith(('model.', 'optim.'))
+  ]
+  raise UserError(
+    f'{workdir} holds a run whose parameters or optimizer state have other shapes '
+    f'than this config gives ({len(differ)} arrays, e.g. {examples}), which no '
+    f'resume can bridge; the fields that differ: {", ".join(fields) or "none"}. '
+    'Use another --workdir for the new shape, or drop those overrides'
+  )
 
 
 # Model fields that change no parameter and no result, only memory and time: evaluation
@@ -125,13 +155,22 @@ def with_saved_model(config, saved: dict, overrides=None):
   MODEL_EXECUTION. Called from code (overrides None), the caller's data section stands."""
   given = set(overrides or ())
   model = saved.get('model', {})
-  clash = [k for k in sorted(model) if f'model.{k}' in given and k not in MODEL_EXECUTION
-           and k in config.model and _plain(config.model[k]) != _plain(model[k])]
+  clash = [
+    k
+    for k in sorted(model)
+    if f'model.{k}' in given
+    and k not in MODEL_EXECUTION
+    and k in config.model
+    and _plain(config.model[k]) != _plain(model[k])
+  ]
   if clash:
-    pairs = '; '.join(f'model.{k}={config.model[k]!r} (the checkpoint has {model[k]!r})'
-                      for k in clash)
-    raise UserError(f'{pairs}: evaluation and sampling use the saved model, so drop the '
-                    'override (only model.' + ', model.'.join(MODEL_EXECUTION) + ' may differ)')
+    pairs = '; '.join(
+      f'model.{k}={config.model[k]!r} (the checkpoint has {model[k]!r})' for k in clash
+    )
+    raise UserError(
+      f'{pairs}: evaluation and sampling use the saved model, so drop the '
+      'override (only model.' + ', model.'.join(MODEL_EXECUTION) + ' may differ)'
+    )
   config = config.copy_and_resolve_references()
   config.unlock()
   for section in ('model',) if overrides is None else ('model', 'data'):

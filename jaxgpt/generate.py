@@ -8,6 +8,7 @@ rows are cut to their last part and prefilled again, as a sliding window would.
 Token k of every row is drawn with the key fold_in(key(seed), k), so a seed fixes the
 samples, and the cached and uncached paths draw the same tokens from the same logits.
 """
+
 import dataclasses
 import functools
 
@@ -38,8 +39,10 @@ class Sampling:
     if not 0 < e.top_p <= 1:
       raise UserError(f'eval.top_p={e.top_p} must be in (0, 1] (1: no nucleus cut)')
     if e.top_k < 0 or (vocab_size and e.top_k > vocab_size):
-      raise UserError(f'eval.top_k={e.top_k} must be 0 (all tokens) to the vocabulary size'
-                      f'{f" {vocab_size}" if vocab_size else ""}')
+      raise UserError(
+        f'eval.top_k={e.top_k} must be 0 (all tokens) to the vocabulary size'
+        f'{f" {vocab_size}" if vocab_size else ""}'
+      )
     return cls(e.sample_tokens, e.temperature, e.top_k, e.top_p, e.seed)
 
 
@@ -92,27 +95,31 @@ class Generator:
   def _prefill_fn(self, params, tokens_BxP, lengths_B, index):
     """Fills an empty cache with the prompts; draws each row's next token."""
     cache = model_lib.init_cache(self.model.cfg, tokens_BxP.shape[0])
-    logits_BxPxV, cache = self.model.apply({'params': params}, tokens_BxP, cache=cache,
-                                           lengths_B=jnp.zeros_like(lengths_B))
+    logits_BxPxV, cache = self.model.apply(
+      {'params': params}, tokens_BxP, cache=cache, lengths_B=jnp.zeros_like(lengths_B)
+    )
     last_BxV = jnp.take_along_axis(logits_BxPxV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
     return sample_logits(last_BxV, self._rng(index), self.s), cache
 
   def _decode_fn(self, params, cache, lengths_B, token_B, done_B, index, steps):
     """Records `token_B`, feeds it, draws the next; `steps` times or until all rows end."""
+
     def body(carry):
       i, token_B, cache, lengths_B, done_B, out_BxS = carry
       token_B = jnp.where(done_B, self.pad_id, token_B)
       out_BxS = out_BxS.at[:, i].set(token_B)
       done_B = done_B | (token_B == self.eod_id)
-      logits_Bx1xV, cache = self.model.apply({'params': params}, token_B[:, None], cache=cache,
-                                             lengths_B=lengths_B)
+      logits_Bx1xV, cache = self.model.apply(
+        {'params': params}, token_B[:, None], cache=cache, lengths_B=lengths_B
+      )
       token_B = sample_logits(logits_Bx1xV[:, 0], self._rng(index + i + 1), self.s)
       return i + 1, token_B, cache, lengths_B + 1, done_B, out_BxS
 
     cond = lambda carry: (carry[0] < steps) & ~carry[4].all()
     out_BxS = jnp.full((token_B.shape[0], self.seq_len), self.pad_id, jnp.int32)
     i, _, _, _, _, out_BxS = jax.lax.while_loop(
-        cond, body, (jnp.int32(0), token_B, cache, lengths_B, done_B, out_BxS))
+      cond, body, (jnp.int32(0), token_B, cache, lengths_B, done_B, out_BxS)
+    )
     return out_BxS, i
 
   def _forward_fn(self, params, tokens_BxL, last_B, index):
@@ -127,7 +134,7 @@ class Generator:
   def _padded(self, rows: list[list[int]], width: int):
     tokens = np.full((len(rows), width), self.pad_id, np.int32)
     for b, row in enumerate(rows):
-      tokens[b, :len(row)] = row
+      tokens[b, : len(row)] = row
     return self._global(tokens), self._global(np.array([len(r) for r in rows], np.int32))
 
   def generate(self, prompts: list[list[int]]) -> list[list[int]]:
@@ -138,18 +145,19 @@ class Generator:
     budget, index, S = self.s.max_new_tokens, 0, self.seq_len
     while budget > 0 and not done.all():
       # Leave room for the rest of the budget, or half the context, whichever is less.
-      contexts = [s[-(S - min(budget, S // 2)):] for s in seqs]
+      contexts = [s[-(S - min(budget, S // 2)) :] for s in seqs]
       longest = max(map(len, contexts))
       tokens_BxP, lengths_B = self._padded(contexts, bucket_length(longest, S))
       token_B, cache = self._prefill(self.params, tokens_BxP, lengths_B, index)
       steps = min(budget, S - longest)
-      out_BxS, n = self._decode(self.params, cache, lengths_B, token_B, self._global(done),
-                                   index, steps)
+      out_BxS, n = self._decode(
+        self.params, cache, lengths_B, token_B, self._global(done), index, steps
+      )
       out_BxS, n = np.asarray(out_BxS), int(n)
       for b in np.flatnonzero(~done):
         row = out_BxS[b, :n].tolist()
         if self.eod_id in row:
-          row, done[b] = row[:row.index(self.eod_id) + 1], True
+          row, done[b] = row[: row.index(self.eod_id) + 1], True
         new[b] += row
         seqs[b] += row
       budget, index = budget - n, index + n
@@ -167,7 +175,7 @@ class Generator:
       live = [b for b in range(len(seqs)) if not new[b] or new[b][-1] != self.eod_id]
       if not live:
         break
-      windows = [s[-self.seq_len:] for s in seqs]
+      windows = [s[-self.seq_len :] for s in seqs]
       width = min(self.seq_len, -(-max(map(len, windows)) // 64) * 64)
       tokens_BxL, lengths_B = self._padded(windows, width)
       last_B = self._global(np.asarray(lengths_B) - 1)

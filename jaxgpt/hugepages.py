@@ -10,6 +10,7 @@ starts, so `ensure()` re-executes the process once with it set.
 
 Set JAXGPT_HUGEPAGES=0 to leave the process alone.
 """
+
 import os
 import platform
 import sys
@@ -57,8 +58,12 @@ def ensure():
   tunable is unsupported, or with JAXGPT_HUGEPAGES=0. Call it first thing in a script,
   before jax is imported: nothing the process did before is kept.
   """
-  if (os.environ.get('JAXGPT_HUGEPAGES', '1') == '0' or _hugetlb_setting() is not None
-      or not supported() or not sys.executable):  # embedded: nothing to re-execute
+  if (
+    os.environ.get('JAXGPT_HUGEPAGES', '1') == '0'
+    or _hugetlb_setting() is not None
+    or not supported()
+    or not sys.executable
+  ):  # embedded: nothing to re-execute
     return
   env = dict(os.environ)
   env['GLIBC_TUNABLES'] = ':'.join(filter(None, [env.get('GLIBC_TUNABLES'), TUNABLE]))

@@ -4,6 +4,7 @@ Both rebuild the mesh from config.mesh over the devices present now, so a run tr
 devices evaluates or samples on 1 and the other way round (Orbax reshards on restore), and
 both use the tokenizer saved in the checkpoint.
 """
+
 import dataclasses
 import json
 import logging
@@ -28,8 +29,10 @@ def _restore(config, workdir: str, step: int | None, devices, overrides):
   model is the saved one (see faults.with_saved_model), its tokenizer the saved one."""
   ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
   if step is not None and step not in ckpt.manager.all_steps():
-    raise UserError(f'no checkpoint at step {step} in {workdir}; saved steps: '
-                    f'{ckpt.manager.all_steps() or "none"}')
+    raise UserError(
+      f'no checkpoint at step {step} in {workdir}; saved steps: '
+      f'{ckpt.manager.all_steps() or "none"}'
+    )
 
   def load(st):
     saved = ckpt.restore_json(st, 'config')
@@ -53,8 +56,9 @@ def _restore(config, workdir: str, step: int | None, devices, overrides):
   return config, s, params, tokenizer, step
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=None,
-                        overrides=None) -> dict:
+def evaluate_checkpoint(
+  config, workdir: str, step: int | None = None, devices=None, overrides=None
+) -> dict:
   """Loss, perplexity and bits per byte on the run's validation data, and the accuracy on
   each task in config.eval.tasks; also written to WORKDIR/eval-stepN.json."""
   tasks = [tasks_lib.load(path) for path in config.eval.tasks]  # bad files fail first
@@ -64,8 +68,12 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, devices=N
   prepared = train.prepare_data(config.data, workdir, tokenizer, for_eval=True)
   # The training run's metrics.jsonl stays the training run's: nothing is appended to it.
   run_eval = train.make_evaluator(config, s, prepared, metrics_lib.Writer(workdir, enabled=False))
-  result = {**run_eval(params, step), 'step': step, 'devices': s.mesh.size,
-            'mesh': dict(s.mesh.shape)}
+  result = {
+    **run_eval(params, step),
+    'step': step,
+    'devices': s.mesh.size,
+    'mesh': dict(s.mesh.shape),
+  }
   if tasks:
     scorer = tasks_lib.Scorer(s.model, params, config.train.batch_size)
     result['tasks'] = {t['name']: tasks_lib.evaluate(scorer, tokenizer, t) for t in tasks}
@@ -85,8 +93,10 @@ def read_prompts(prompts: list[str], prompts_file: str) -> list[str]:
       with open(prompts_file, encoding='utf-8') as f:
         lines = [line.rstrip('\n') for line in f if line.strip()]
     except UnicodeDecodeError as e:
-      raise UserError(f'{prompts_file} is not UTF-8 text ({e.reason} at byte {e.start}); '
-                      'convert it (iconv -t UTF-8)') from None
+      raise UserError(
+        f'{prompts_file} is not UTF-8 text ({e.reason} at byte {e.start}); '
+        'convert it (iconv -t UTF-8)'
+      ) from None
     if prompts_file.endswith('.jsonl'):
       for n, line in enumerate(lines, 1):
         try:
@@ -102,8 +112,9 @@ def read_prompts(prompts: list[str], prompts_file: str) -> list[str]:
   return prompts
 
 
-def sample_checkpoint(config, workdir: str, prompts: list[str], step: int | None = None,
-                      devices=None, overrides=None) -> list[dict]:
+def sample_checkpoint(
+  config, workdir: str, prompts: list[str], step: int | None = None, devices=None, overrides=None
+) -> list[dict]:
   """Continues each prompt (config.eval.prompt when none are given) with the checkpoint's
   model and config.eval's sampling settings; also written to WORKDIR/samples-stepN.jsonl."""
   prompts = prompts or [config.eval.prompt] * config.eval.num_samples
@@ -114,12 +125,20 @@ def sample_checkpoint(config, workdir: str, prompts: list[str], step: int | None
   gen = generate_lib.Generator(s.model, params, settings, tokenizer.eod_id, tokenizer.pad_id)
   records, batch = [], config.train.batch_size
   for start in range(0, len(prompts), batch):
-    chunk = prompts[start:start + batch]
+    chunk = prompts[start : start + batch]
     for prompt, ids in zip(chunk, gen.generate([tokenizer.encode(p) for p in chunk])):
       ended = bool(ids) and ids[-1] == tokenizer.eod_id
-      records.append({'prompt': prompt, 'completion': tokenizer.decode(ids[:len(ids) - ended]),
-                      'new_tokens': len(ids), 'stopped_at_eod': ended})
+      records.append(
+        {
+          'prompt': prompt,
+          'completion': tokenizer.decode(ids[: len(ids) - ended]),
+          'new_tokens': len(ids),
+          'stopped_at_eod': ended,
+        }
+      )
     log.info('sampled %d of %d prompts', len(records), len(prompts))
-  metrics_lib.write_jsonl(os.path.join(workdir, f'samples-step{step}.jsonl'),
-                          [{**r, 'step': step, **dataclasses.asdict(settings)} for r in records])
+  metrics_lib.write_jsonl(
+    os.path.join(workdir, f'samples-step{step}.jsonl'),
+    [{**r, 'step': step, **dataclasses.asdict(settings)} for r in records],
+  )
   return records

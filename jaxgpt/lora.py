@@ -5,6 +5,7 @@ frozen rest is a separate argument of the train step, so it gets no gradients, n
 and is not rewritten by checkpoints. `split` and `merge` move between the two halves and
 the full tree by path.
 """
+
 import math
 
 import jax
@@ -23,8 +24,10 @@ def predicate(trainable: str, cfg: model_lib.ModelConfig, last_k: int = 1, prefi
   decoder = len(prefix)
   if trainable == 'last_k':
     if cfg.scan_layers:
-      raise UserError('finetune.trainable=last_k needs model.scan_layers=False: scanned '
-                      'layers are stacked in one array per param')
+      raise UserError(
+        'finetune.trainable=last_k needs model.scan_layers=False: scanned '
+        'layers are stacked in one array per param'
+      )
     if not 1 <= last_k <= cfg.num_layers:
       raise UserError(f'finetune.last_k={last_k} must be between 1 and {cfg.num_layers}')
     blocks = {f'block_{i}' for i in range(cfg.num_layers - last_k, cfg.num_layers)}
@@ -47,7 +50,8 @@ def predicate(trainable: str, cfg: model_lib.ModelConfig, last_k: int = 1, prefi
 def split(params: dict, is_trainable) -> tuple[dict, dict]:
   flat = traverse_util.flatten_dict(params)
   pick = lambda keep: traverse_util.unflatten_dict(
-      {k: v for k, v in flat.items() if is_trainable(k) == keep})
+    {k: v for k, v in flat.items() if is_trainable(k) == keep}
+  )
   return pick(True), pick(False)
 
 
@@ -92,6 +96,7 @@ def merge_adapters(params: dict, cfg: model_lib.ModelConfig) -> dict:
 def check_targets(targets) -> tuple[str, ...]:
   unknown = [t for t in targets if t not in model_lib.LORA_TARGETS]
   if unknown or not targets:
-    raise UserError(f'finetune.lora.targets={tuple(targets)}: choose among '
-                    f'{", ".join(model_lib.LORA_TARGETS)}')
+    raise UserError(
+      f'finetune.lora.targets={tuple(targets)}: choose among {", ".join(model_lib.LORA_TARGETS)}'
+    )
   return tuple(targets)

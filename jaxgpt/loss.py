@@ -14,6 +14,7 @@ whole logits; a tiny model with an 8k vocabulary needs 1/4 of the temporaries at
 Evaluation takes the same loss without a gradient (a chunk's logits and its loss only),
 and task scoring each position's log-probability of its target (`token_logp`).
 """
+
 import functools
 
 import flax.linen as nn
@@ -29,12 +30,24 @@ def lm_nll_sum(model, params, batch, deterministic: bool = True, rng=None):
   """The model's summed next-token loss over `batch`'s weights, `model.cfg.loss_chunks`
   chunks at a time. Packed rows carry segments and positions. Training and evaluation
   both use it, so evaluation never needs more memory for logits than a train step."""
-  h_BxLxD = model.apply({'params': params}, batch['inputs'], deterministic=deterministic,
-                        segments_BxL=batch.get('segments'), positions_BxL=batch.get('positions'),
-                        hidden=True, rngs=None if rng is None else {'dropout': rng})
+  h_BxLxD = model.apply(
+    {'params': params},
+    batch['inputs'],
+    deterministic=deterministic,
+    segments_BxL=batch.get('segments'),
+    positions_BxL=batch.get('positions'),
+    hidden=True,
+    rngs=None if rng is None else {'dropout': rng},
+  )
   cfg = model.cfg
-  return nll_sum(h_BxLxD, model_lib.output_table(cfg, params), batch['targets'],
-                 batch['weights'], cfg.loss_chunks, cfg.dtype)
+  return nll_sum(
+    h_BxLxD,
+    model_lib.output_table(cfg, params),
+    batch['targets'],
+    batch['weights'],
+    cfg.loss_chunks,
+    cfg.dtype,
+  )
 
 
 def nll_sum(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks: int = 1, dtype=jnp.float32):
@@ -69,8 +82,7 @@ def _fwd(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, dtype):
 
   def body(acc, chunk):
     h_BxQxD, targets_BxQ, weights_BxQ = chunk
-    loss, dh_BxQxD, dtable_DxV = _chunk(h_BxQxD, compute_table_VxD, targets_BxQ, weights_BxQ,
-                                        dtype)
+    loss, dh_BxQxD, dtable_DxV = _chunk(h_BxQxD, compute_table_VxD, targets_BxQ, weights_BxQ, dtype)
     return (acc[0] + loss, acc[1] + dtable_DxV), dh_BxQxD
 
   xs = _split(chunks, h_BxLxD, targets_BxL, weights_BxL.astype(jnp.float32))
@@ -97,8 +109,9 @@ def _chunk_logits(h_BxQxD, table_VxD, targets_BxQ, dtype):
   vocab, d = table_VxD.shape
   h_MxD = h_BxQxD.reshape(-1, d).astype(dtype)
   logits_MxV = jnp.einsum('md,vd->mv', h_MxD, table_VxD, preferred_element_type=jnp.float32)
-  logits_BxQxV = nn.with_logical_constraint(logits_MxV.reshape(*h_BxQxD.shape[:2], vocab),
-                                            LOGITS_AXES)
+  logits_BxQxV = nn.with_logical_constraint(
+    logits_MxV.reshape(*h_BxQxD.shape[:2], vocab), LOGITS_AXES
+  )
   lse_BxQx1 = jax.nn.logsumexp(logits_BxQxV, axis=-1, keepdims=True)
   # The target's logit as a masked sum: it partitions over a vocab-sharded axis, where
   # an indexed gather would collect the logits on one device.
@@ -110,7 +123,8 @@ def _chunk_logits(h_BxQxD, table_VxD, targets_BxQ, dtype):
 def _chunk_loss(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
   """One chunk's weighted loss sum, and the pieces its gradients are made from."""
   h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV, target_BxQ = _chunk_logits(
-      h_BxQxD, table_VxD, targets_BxQ, dtype)
+    h_BxQxD, table_VxD, targets_BxQ, dtype
+  )
   loss = ((lse_BxQx1[..., 0] - target_BxQ) * weights_BxQ).sum()
   return loss, (h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV)
 
@@ -118,7 +132,8 @@ def _chunk_loss(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
 def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype):
   """One chunk's weighted loss sum, its gradient for h and its (D, V) gradient for the table."""
   loss, (h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV) = _chunk_loss(
-      h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype)
+    h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype
+  )
   vocab = table_VxD.shape[0]
   # d loss / d logits = weights * (softmax - onehot), the softmax made again from the
   # logits rather than kept from the sum above: one (B, Q, V) array fewer.
@@ -138,8 +153,9 @@ def token_logp(h_BxLxD, table_VxD, targets_BxL, chunks: int = 1, dtype=jnp.float
 
   def body(_, chunk):
     h_BxQxD, targets_BxQ = chunk
-    _, logits_BxQxV, lse_BxQx1, _, target_BxQ = _chunk_logits(h_BxQxD, compute_table_VxD,
-                                                               targets_BxQ, dtype)
+    _, logits_BxQxV, lse_BxQx1, _, target_BxQ = _chunk_logits(
+      h_BxQxD, compute_table_VxD, targets_BxQ, dtype
+    )
     greedy_BxQ = target_BxQ >= logits_BxQxV.max(axis=-1)
     return None, (target_BxQ - lse_BxQx1[..., 0], greedy_BxQ)
 

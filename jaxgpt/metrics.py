@@ -5,6 +5,7 @@ backward) plus 12 * layers * width * seq_len for attention's two L x L products,
 the PaLM paper's appendix and nanoGPT's estimate_mfu. N excludes the position table,
 which is a lookup, not a matmul.
 """
+
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ def measure_peak_flops(size: int = 1024, repeats: int = 5) -> float:
     start = time.perf_counter()
     matmul(a).block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2.0 * size ** 3 / best
+  return 2.0 * size**3 / best
 
 
 def _format_seconds(s: float) -> str:
@@ -86,8 +87,8 @@ class Writer:
       os.makedirs(workdir, exist_ok=True)
       self._drop_after(start_step)
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                               purge_step=start_step + 1)
+
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=start_step + 1)
 
   def _drop_after(self, step: int):
     if not os.path.exists(self.path):
@@ -147,16 +148,20 @@ class Progress:
 
 
 def log_line(step: int, total: int, v: dict) -> str:
-  return (f'step {step:>6}/{total} | loss {v["loss"]:.4f} | lr {v["lr"]:.2e} | '
-          f'grad {v["grad_norm"]:.3f} | {v["tokens_per_s"]:,.0f} tok/s | '
-          f'mfu {100 * v["mfu"]:.1f}% | eta {_format_seconds(v["eta_s"])}')
+  return (
+    f'step {step:>6}/{total} | loss {v["loss"]:.4f} | lr {v["lr"]:.2e} | '
+    f'grad {v["grad_norm"]:.3f} | {v["tokens_per_s"]:,.0f} tok/s | '
+    f'mfu {100 * v["mfu"]:.1f}% | eta {_format_seconds(v["eta_s"])}'
+  )
 
 
 def plot_losses(jsonl_path: str, png_path: str):
   """Training and validation loss against step, from metrics.jsonl."""
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   series = {'train': ([], []), 'eval': ([], [])}
   with open(jsonl_path) as f:
     for line in f:
@@ -168,9 +173,12 @@ def plot_losses(jsonl_path: str, png_path: str):
   for kind, (steps, losses) in series.items():
     if steps:
       order = np.argsort(steps, kind='stable')
-      ax.plot(np.asarray(steps)[order], np.asarray(losses)[order],
-              marker='o' if kind == 'eval' else None,
-              label='validation' if kind == 'eval' else 'train')
+      ax.plot(
+        np.asarray(steps)[order],
+        np.asarray(losses)[order],
+        marker='o' if kind == 'eval' else None,
+        label='validation' if kind == 'eval' else 'train',
+      )
   ax.set_xlabel('step')
   ax.set_ylabel('loss (nats/token)')
   ax.grid(alpha=0.3)
@@ -184,8 +192,10 @@ def plot_losses(jsonl_path: str, png_path: str):
 def plot_confusion(confusion, names: list[str], png_path: str, title: str):
   """A confusion matrix as a heat map with counts; rows are true classes."""
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   counts = np.asarray(confusion)
   size = max(4, 0.6 * len(names) + 2)
   fig, ax = plt.subplots(figsize=(size, size))
@@ -197,8 +207,14 @@ def plot_confusion(confusion, names: list[str], png_path: str, title: str):
   ax.set_title(title)
   for i in range(len(names)):
     for j in range(len(names)):
-      ax.text(j, i, str(counts[i, j]), ha='center', va='center',
-              color='white' if counts[i, j] > counts.max() / 2 else 'black')
+      ax.text(
+        j,
+        i,
+        str(counts[i, j]),
+        ha='center',
+        va='center',
+        color='white' if counts[i, j] > counts.max() / 2 else 'black',
+      )
   fig.tight_layout()
   fig.savefig(png_path, dpi=120)
   plt.close(fig)

@@ -8,6 +8,7 @@ Every parameter and the key activations carry logical axis names (batch, length,
 heads, head_dim, mlp, vocab, layers); only the config's rules (configs/mesh.py) say which
 mesh axes those map to.
 """
+
 import dataclasses
 import math
 
@@ -21,9 +22,9 @@ from jaxgpt.errors import UserError
 LORA_TARGETS = ('qkv', 'out', 'fc_in', 'fc_out')  # the dense layers that can take adapters
 
 REMAT_POLICIES = {
-    'full': None,  # save nothing: recompute the whole block in the backward pass
-    'dots': jax.checkpoint_policies.checkpoint_dots,
-    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  'full': None,  # save nothing: recompute the whole block in the backward pass
+  'dots': jax.checkpoint_policies.checkpoint_dots,
+  'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -60,36 +61,57 @@ class ModelConfig:
       if m[key] <= 0:
         raise UserError(f'model.{key}={m[key]} must be a positive integer')
     if m.mlp_dim < 0 or m.vocab_size < 0:
-      raise UserError(f'model.mlp_dim={m.mlp_dim} and model.vocab_size={m.vocab_size} must be '
-                      '0 (the default size) or positive')
+      raise UserError(
+        f'model.mlp_dim={m.mlp_dim} and model.vocab_size={m.vocab_size} must be '
+        '0 (the default size) or positive'
+      )
     if not 0 <= m.dropout < 1:
       raise UserError(f'model.dropout={m.dropout} must be in [0, 1)')
     vocab = m.vocab_size or tokenizer_vocab
     if m.vocab_multiple:
       vocab = -(-vocab // m.vocab_multiple) * m.vocab_multiple
     if vocab < tokenizer_vocab:
-      raise UserError(f'model.vocab_size={m.vocab_size} is smaller than the tokenizer\'s '
-                      f'{tokenizer_vocab} ids; set it to 0 to follow the tokenizer')
+      raise UserError(
+        f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's "
+        f'{tokenizer_vocab} ids; set it to 0 to follow the tokenizer'
+      )
     if m.num_heads <= 0 or m.d_model % m.num_heads:
-      raise UserError(f'model.num_heads={m.num_heads} does not divide model.d_model='
-                      f'{m.d_model}; pick heads that divide the width (e.g. '
-                      f'{_divisor_near(m.d_model, m.num_heads)})')
+      raise UserError(
+        f'model.num_heads={m.num_heads} does not divide model.d_model='
+        f'{m.d_model}; pick heads that divide the width (e.g. '
+        f'{_divisor_near(m.d_model, m.num_heads)})'
+      )
     if m.remat != 'none' and m.remat not in REMAT_POLICIES:
       raise UserError(f'model.remat={m.remat!r}: use one of none, {", ".join(REMAT_POLICIES)}')
     if m.dtype not in ('float32', 'bfloat16', 'float16'):
       raise UserError(f'model.dtype={m.dtype!r}: use float32, bfloat16 or float16')
     if m.attention_block and m.seq_len % m.attention_block:
-      raise UserError(f'model.attention_block={m.attention_block} does not divide '
-                      f'model.seq_len={m.seq_len}; use a divisor or 0')
+      raise UserError(
+        f'model.attention_block={m.attention_block} does not divide '
+        f'model.seq_len={m.seq_len}; use a divisor or 0'
+      )
     if not 1 <= m.loss_chunks <= m.seq_len:
-      raise UserError(f'model.loss_chunks={m.loss_chunks}: use 1 to model.seq_len='
-                      f'{m.seq_len} chunks (1: all positions at once)')
-    return cls(vocab_size=vocab, seq_len=m.seq_len, num_layers=m.num_layers,
-               num_heads=m.num_heads, d_model=m.d_model, mlp_dim=m.mlp_dim or 4 * m.d_model,
-               dropout=m.dropout, use_bias=m.use_bias, tie_embeddings=m.tie_embeddings,
-               dtype=m.dtype, scan_layers=m.scan_layers, remat=m.remat,
-               attention_block=m.attention_block, loss_chunks=m.loss_chunks,
-               init_std=m.init_std)
+      raise UserError(
+        f'model.loss_chunks={m.loss_chunks}: use 1 to model.seq_len='
+        f'{m.seq_len} chunks (1: all positions at once)'
+      )
+    return cls(
+      vocab_size=vocab,
+      seq_len=m.seq_len,
+      num_layers=m.num_layers,
+      num_heads=m.num_heads,
+      d_model=m.d_model,
+      mlp_dim=m.mlp_dim or 4 * m.d_model,
+      dropout=m.dropout,
+      use_bias=m.use_bias,
+      tie_embeddings=m.tie_embeddings,
+      dtype=m.dtype,
+      scan_layers=m.scan_layers,
+      remat=m.remat,
+      attention_block=m.attention_block,
+      loss_chunks=m.loss_chunks,
+      init_std=m.init_std,
+    )
 
 
 def _divisor_near(width, heads):
@@ -117,6 +139,7 @@ class Dense(nn.Module):
   is in cfg.lora_targets (with cfg.lora_rank > 0) adds x A B * alpha / rank, with B
   starting at zero so that the adapted model starts as the base model.
   """
+
   features: tuple[int, ...]
   axes: tuple[str | None, ...]  # (input axis, *output axes)
   cfg: ModelConfig
@@ -126,29 +149,46 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    in_shape = x.shape[-self.in_dims:]
+    in_shape = x.shape[-self.in_dims :]
     init = nn.initializers.normal(self.cfg.init_std * self.init_scale)
-    kernel = self.param('kernel', nn.with_logical_partitioning(init, self.axes),
-                        (*in_shape, *self.features), jnp.float32)
+    kernel = self.param(
+      'kernel',
+      nn.with_logical_partitioning(init, self.axes),
+      (*in_shape, *self.features),
+      jnp.float32,
+    )
     dtype = jnp.dtype(self.cfg.dtype)
     x_2d = x.reshape(-1, math.prod(in_shape)).astype(dtype)
     y_2d = x_2d @ kernel.reshape(math.prod(in_shape), -1).astype(dtype)
     if self.cfg.use_bias:
-      bias = self.param('bias', nn.with_logical_partitioning(
-          nn.initializers.zeros, self.axes[self.in_dims:]), self.features, jnp.float32)
+      bias = self.param(
+        'bias',
+        nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.in_dims :]),
+        self.features,
+        jnp.float32,
+      )
       y_2d = y_2d + bias.reshape(-1).astype(dtype)
     if self.cfg.lora_rank and self.name in self.cfg.lora_targets:
       y_2d = y_2d + self._lora(x_2d, in_shape)
-    return y_2d.reshape(*x.shape[:-self.in_dims], *self.features)
+    return y_2d.reshape(*x.shape[: -self.in_dims], *self.features)
 
   def _lora(self, x_2d, in_shape):
     cfg, rank = self.cfg, self.cfg.lora_rank
-    a = self.param('lora_a', nn.with_logical_partitioning(
+    a = self.param(
+      'lora_a',
+      nn.with_logical_partitioning(
         nn.initializers.normal(1 / math.sqrt(math.prod(in_shape))),
-        (*self.axes[:self.in_dims], None)), (*in_shape, rank), jnp.float32)
-    b = self.param('lora_b', nn.with_logical_partitioning(
-        nn.initializers.zeros, (None, *self.axes[self.in_dims:])), (rank, *self.features),
-        jnp.float32)
+        (*self.axes[: self.in_dims], None),
+      ),
+      (*in_shape, rank),
+      jnp.float32,
+    )
+    b = self.param(
+      'lora_b',
+      nn.with_logical_partitioning(nn.initializers.zeros, (None, *self.axes[self.in_dims :])),
+      (rank, *self.features),
+      jnp.float32,
+    )
     dtype = jnp.dtype(cfg.dtype)
     x_2d = nn.Dropout(cfg.lora_dropout, deterministic=self.deterministic)(x_2d)
     h_2d = x_2d @ a.reshape(-1, rank).astype(dtype)
@@ -157,9 +197,14 @@ class Dense(nn.Module):
 
 def layer_norm(cfg: ModelConfig, name: str):
   return nn.LayerNorm(
-      epsilon=1e-5, use_bias=cfg.use_bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.float32,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)), name=name)
+    epsilon=1e-5,
+    use_bias=cfg.use_bias,
+    dtype=jnp.dtype(cfg.dtype),
+    param_dtype=jnp.float32,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+    name=name,
+  )
 
 
 class Attention(nn.Module):
@@ -173,8 +218,13 @@ class Attention(nn.Module):
     # One matmul for query, key and value: a third as many calls, each three times wider,
     # which XLA's CPU backend runs faster than three (D, D) products. Heads come first in
     # the output so that a tensor-parallel shard of the kernel is one contiguous block.
-    qkv_BxLxHx3xK = Dense((h, 3, k), ('embed', 'heads', None, 'head_dim'), cfg,
-                          deterministic=self.deterministic, name='qkv')(x_BxLxD)
+    qkv_BxLxHx3xK = Dense(
+      (h, 3, k),
+      ('embed', 'heads', None, 'head_dim'),
+      cfg,
+      deterministic=self.deterministic,
+      name='qkv',
+    )(x_BxLxD)
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLxHx3xK[:, :, :, i] for i in range(3))
     names = ('batch', 'length', 'heads', 'head_dim')
     q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, names)
@@ -182,15 +232,22 @@ class Attention(nn.Module):
     v_BxLxHxK = nn.with_logical_constraint(v_BxLxHxK, names)
     if cache is None:
       dropout = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-      out_BxLxHxK = attention.causal(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention_block,
-                                     dropout, segments_BxL)
+      out_BxLxHxK = attention.causal(
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention_block, dropout, segments_BxL
+      )
     else:
       out_BxLxHxK, cache = attention.cached(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cache, lengths_B)
     out_BxLxHxK = nn.with_logical_constraint(out_BxLxHxK, names)
     # GPT-2 scales the init of projections into the residual stream by 1/sqrt(2N).
-    out_BxLxD = Dense((cfg.d_model,), ('heads', 'head_dim', 'embed'), cfg, in_dims=2,
-                      init_scale=1 / math.sqrt(2 * cfg.num_layers),
-                      deterministic=self.deterministic, name='out')(out_BxLxHxK)
+    out_BxLxD = Dense(
+      (cfg.d_model,),
+      ('heads', 'head_dim', 'embed'),
+      cfg,
+      in_dims=2,
+      init_scale=1 / math.sqrt(2 * cfg.num_layers),
+      deterministic=self.deterministic,
+      name='out',
+    )(out_BxLxHxK)
     return out_BxLxD, cache
 
 
@@ -201,12 +258,18 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD):
     cfg = self.cfg
-    h_BxLxF = Dense((cfg.mlp_dim,), ('embed', 'mlp'), cfg, deterministic=self.deterministic,
-                    name='fc_in')(x_BxLxD)
+    h_BxLxF = Dense(
+      (cfg.mlp_dim,), ('embed', 'mlp'), cfg, deterministic=self.deterministic, name='fc_in'
+    )(x_BxLxD)
     h_BxLxF = nn.with_logical_constraint(nn.gelu(h_BxLxF), ('batch', 'length', 'mlp'))
-    return Dense((cfg.d_model,), ('mlp', 'embed'), cfg,
-                 init_scale=1 / math.sqrt(2 * cfg.num_layers), deterministic=self.deterministic,
-                 name='fc_out')(h_BxLxF)
+    return Dense(
+      (cfg.d_model,),
+      ('mlp', 'embed'),
+      cfg,
+      init_scale=1 / math.sqrt(2 * cfg.num_layers),
+      deterministic=self.deterministic,
+      name='fc_out',
+    )(h_BxLxF)
 
 
 class Block(nn.Module):
@@ -217,6 +280,7 @@ class Block(nn.Module):
   its slice back into the stack: as a scanned output the stack would be rebuilt, which
   ran decoding 1.6x slower here.
   """
+
   cfg: ModelConfig
   deterministic: bool
 
@@ -229,14 +293,17 @@ class Block(nn.Module):
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
     attn_BxLxD, cache = Attention(cfg, self.deterministic, name='attn')(
-        layer_norm(cfg, 'ln_attn')(x_BxLxD), cache, lengths_B, segments_BxL)
+      layer_norm(cfg, 'ln_attn')(x_BxLxD), cache, lengths_B, segments_BxL
+    )
     x_BxLxD = x_BxLxD + drop(attn_BxLxD)
-    x_BxLxD = x_BxLxD + drop(Mlp(cfg, self.deterministic, name='mlp')(
-        layer_norm(cfg, 'ln_mlp')(x_BxLxD)))
+    x_BxLxD = x_BxLxD + drop(
+      Mlp(cfg, self.deterministic, name='mlp')(layer_norm(cfg, 'ln_mlp')(x_BxLxD))
+    )
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
     if stacked is not None:
-      stacked = tuple(jax.lax.dynamic_update_index_in_dim(s, c, layer, 0)
-                      for s, c in zip(stacked, cache))
+      stacked = tuple(
+        jax.lax.dynamic_update_index_in_dim(s, c, layer, 0) for s, c in zip(stacked, cache)
+      )
       return (x_BxLxD, stacked, layer + 1), None
     return x_BxLxD, cache
 
@@ -270,18 +337,35 @@ class Transformer(nn.Module):
   (restarting at each segment). `hidden=True` returns the final normed states instead of
   logits, for heads of other kinds.
   """
+
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BxL, deterministic: bool = True, cache=None, lengths_B=None,
-               segments_BxL=None, positions_BxL=None, hidden: bool = False):
+  def __call__(
+    self,
+    tokens_BxL,
+    deterministic: bool = True,
+    cache=None,
+    lengths_B=None,
+    segments_BxL=None,
+    positions_BxL=None,
+    hidden: bool = False,
+  ):
     cfg = self.cfg
     length = tokens_BxL.shape[1]
     init = nn.initializers.normal(cfg.init_std)
-    embed_VxD = self.param('tok_embed', nn.with_logical_partitioning(init, ('vocab', 'embed')),
-                           (cfg.vocab_size, cfg.d_model), jnp.float32)
-    pos_LxD = self.param('pos_embed', nn.with_logical_partitioning(init, (None, 'embed')),
-                         (cfg.seq_len, cfg.d_model), jnp.float32)
+    embed_VxD = self.param(
+      'tok_embed',
+      nn.with_logical_partitioning(init, ('vocab', 'embed')),
+      (cfg.vocab_size, cfg.d_model),
+      jnp.float32,
+    )
+    pos_LxD = self.param(
+      'pos_embed',
+      nn.with_logical_partitioning(init, (None, 'embed')),
+      (cfg.seq_len, cfg.d_model),
+      jnp.float32,
+    )
     dtype = jnp.dtype(cfg.dtype)
     # Gather the table's fsdp shards first (as for any fsdp weight) and look up in the
     # vocab-sharded table: left to itself, the SPMD partitioner replicates the whole lookup.
@@ -301,16 +385,20 @@ class Transformer(nn.Module):
     if cfg.scan_layers:
       carry = x_BxLxD if cache is None else (x_BxLxD, cache, 0)
       carry, _ = nn.scan(
-          block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-          in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: 'layers'},
+        block,
+        variable_axes={'params': 0},
+        split_rngs={'params': True, 'dropout': True},
+        in_axes=(0, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: 'layers'},
       )(cfg, deterministic, name='blocks')(carry, None, lengths_B, segments_BxL)
       x_BxLxD, cache = (carry, None) if cache is None else carry[:2]
     else:
       layer_caches = []
       for i in range(cfg.num_layers):
         x_BxLxD, layer_cache = block(cfg, deterministic, name=f'block_{i}')(
-            x_BxLxD, None if cache is None else cache[i], lengths_B, segments_BxL)
+          x_BxLxD, None if cache is None else cache[i], lengths_B, segments_BxL
+        )
         layer_caches.append(layer_cache)
       cache = None if cache is None else tuple(layer_caches)
 
@@ -318,11 +406,12 @@ class Transformer(nn.Module):
     if hidden:
       return x_BxLxD
     if cfg.tie_embeddings:
-      logits_BxLxV = (x_BxLxD.reshape(-1, cfg.d_model) @ embed_VxD.astype(dtype).T)
+      logits_BxLxV = x_BxLxD.reshape(-1, cfg.d_model) @ embed_VxD.astype(dtype).T
       logits_BxLxV = logits_BxLxV.reshape(*x_BxLxD.shape[:2], cfg.vocab_size)
     else:
-      head = Dense((cfg.vocab_size,), ('embed', 'vocab'), dataclasses.replace(cfg, use_bias=False),
-                   name='head')
+      head = Dense(
+        (cfg.vocab_size,), ('embed', 'vocab'), dataclasses.replace(cfg, use_bias=False), name='head'
+      )
       logits_BxLxV = head(x_BxLxD)
     # The loss's softmax runs in float32 whatever the compute dtype.
     logits_BxLxV = logits_BxLxV.astype(jnp.float32)
@@ -341,6 +430,7 @@ class Classifier(nn.Module):
 
   The decoder sits under 'backbone', so a pretrained Transformer's params drop in there.
   """
+
   cfg: ModelConfig
   num_classes: int
 

@@ -3,6 +3,7 @@
 Gradient accumulation lives in train.py's step (a scan over micro-batches), so one
 optimizer update sees exactly the gradient of the whole batch.
 """
+
 import jax
 import optax
 
@@ -12,15 +13,21 @@ def schedule(cfg, total_steps: int) -> optax.Schedule:
   decay_steps = cfg.decay_steps or total_steps
   warmup = min(cfg.warmup_steps, max(decay_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
-      decay_steps=max(decay_steps, warmup + 1), end_value=cfg.min_lr)
+    init_value=0.0,
+    peak_value=cfg.lr,
+    warmup_steps=warmup,
+    decay_steps=max(decay_steps, warmup + 1),
+    end_value=cfg.min_lr,
+  )
 
 
 def decay_mask(params, no_decay=('bias', 'scale', 'embed')):
   """True where weight decay applies: not to names in `no_decay` (norms, biases, embeddings)."""
+
   def keep(path, _):
     name = str(getattr(path[-1], 'key', path[-1]))
     return not any(word in name for word in no_decay)
+
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
@@ -30,6 +37,14 @@ def make(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Sch
   if cfg.grad_clip:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip))
   no_decay = tuple(cfg.no_decay)
-  parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                           mask=lambda p: decay_mask(p, no_decay)))
+  parts.append(
+    optax.adamw(
+      lr,
+      b1=cfg.b1,
+      b2=cfg.b2,
+      eps=cfg.eps,
+      weight_decay=cfg.weight_decay,
+      mask=lambda p: decay_mask(p, no_decay),
+    )
+  )
   return optax.chain(*parts), lr

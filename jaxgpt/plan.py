@@ -7,6 +7,7 @@ answer before any accelerator time is spent. It reports per-device bytes (params
 optimizer state, gradients, XLA's temporaries), whether they fit the device memory, XLA's
 FLOPs beside the model's, and the collectives in the compiled program.
 """
+
 import collections
 import importlib.metadata
 import json
@@ -25,10 +26,25 @@ from jaxgpt.errors import UserError
 
 GIB = 1 << 30
 LIBTPU = '0.0.42.1'  # the libtpu jax 0.10.2 compiles with (0.0.52 crashes inside XLA)
-_DTYPE_BYTES = {'f32': 4, 'bf16': 2, 'f16': 2, 's32': 4, 'u32': 4, 'f64': 8, 's64': 8,
-                'u64': 8, 's8': 1, 'u8': 1, 'pred': 1, 's16': 2, 'u16': 2}
-_COLLECTIVE = re.compile(r'= (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|'
-                         r'collective-permute)(?:-start)?\(')
+_DTYPE_BYTES = {
+  'f32': 4,
+  'bf16': 2,
+  'f16': 2,
+  's32': 4,
+  'u32': 4,
+  'f64': 8,
+  's64': 8,
+  'u64': 8,
+  's8': 1,
+  'u8': 1,
+  'pred': 1,
+  's16': 2,
+  'u16': 2,
+}
+_COLLECTIVE = re.compile(
+  r'= (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|'
+  r'collective-permute)(?:-start)?\('
+)
 _SHAPE = re.compile(r'\b([a-z]+\d*)\[([\d,]*)\]')
 
 
@@ -38,9 +54,11 @@ def target_devices(topology: str):
     n = int(topology[4:])
     cpus = jax.devices('cpu')
     if len(cpus) < n:
-      raise UserError(f'--topology={topology} needs {n} CPU devices but jax has {len(cpus)}; '
-                      'run.py sets jax_num_cpu_devices from --topology before jax starts, so '
-                      'pass it on the command line rather than importing jax first')
+      raise UserError(
+        f'--topology={topology} needs {n} CPU devices but jax has {len(cpus)}; '
+        'run.py sets jax_num_cpu_devices from --topology before jax starts, so '
+        'pass it on the command line rather than importing jax first'
+      )
     return cpus[:n], 0, 0.0
   try:
     topo_name, chip_config, _, hbm, peak = topologies.parse(topology)
@@ -49,13 +67,19 @@ def target_devices(topology: str):
   check_libtpu(topology)
   try:
     from jax.experimental import topologies as jax_topologies
+
     desc = jax_topologies.get_topology_desc(
-        platform='tpu', topology_name=topo_name, chip_config_name=chip_config,
-        chips_per_host_bounds=(2, 2, 1), num_slices=1)
+      platform='tpu',
+      topology_name=topo_name,
+      chip_config_name=chip_config,
+      chips_per_host_bounds=(2, 2, 1),
+      num_slices=1,
+    )
   except Exception as e:  # no libtpu: jax raises RuntimeError or ValueError depending on version
-    raise UserError(f'--topology={topology} needs the TPU compiler from the optional libtpu '
-                    f'package (pip install libtpu=={LIBTPU}); it could not be loaded: {e}'
-                    ) from None
+    raise UserError(
+      f'--topology={topology} needs the TPU compiler from the optional libtpu '
+      f'package (pip install libtpu=={LIBTPU}); it could not be loaded: {e}'
+    ) from None
   return list(desc.devices), hbm, peak
 
 
@@ -64,18 +88,24 @@ def check_libtpu(topology: str):
   try:
     installed = importlib.metadata.version('libtpu')
   except importlib.metadata.PackageNotFoundError:
-    raise UserError(f'--topology={topology} needs the TPU compiler from the optional libtpu '
-                    f'package: pip install libtpu=={LIBTPU} (the version jax {jax.__version__} '
-                    'works with)') from None
+    raise UserError(
+      f'--topology={topology} needs the TPU compiler from the optional libtpu '
+      f'package: pip install libtpu=={LIBTPU} (the version jax {jax.__version__} '
+      'works with)'
+    ) from None
   if installed != LIBTPU:
-    raise UserError(f'libtpu {installed} is installed, but jax {jax.__version__} needs libtpu '
-                    f'{LIBTPU} (newer ones crash inside XLA compiling for a TPU topology): '
-                    f'pip install libtpu=={LIBTPU}')
+    raise UserError(
+      f'libtpu {installed} is installed, but jax {jax.__version__} needs libtpu '
+      f'{LIBTPU} (newer ones crash inside XLA compiling for a TPU topology): '
+      f'pip install libtpu=={LIBTPU}'
+    )
 
 
 def _shard_bytes(abstract_tree) -> int:
-  return sum(math.prod(a.sharding.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
-             for a in jax.tree.leaves(abstract_tree))
+  return sum(
+    math.prod(a.sharding.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+    for a in jax.tree.leaves(abstract_tree)
+  )
 
 
 def collectives(hlo_text: str) -> dict[str, dict]:
@@ -85,20 +115,26 @@ def collectives(hlo_text: str) -> dict[str, dict]:
     m = _COLLECTIVE.search(line)
     if not m:
       continue
-    size = sum(_DTYPE_BYTES.get(dt, 4) * math.prod(int(d) for d in dims.split(',') if d)
-               for dt, dims in _SHAPE.findall(m.group(1)))
+    size = sum(
+      _DTYPE_BYTES.get(dt, 4) * math.prod(int(d) for d in dims.split(',') if d)
+      for dt, dims in _SHAPE.findall(m.group(1))
+    )
     out[m.group(2)]['count'] += 1
     out[m.group(2)]['bytes'] += size
   return dict(out)
 
 
 def compile_train_step(config, s: train.Setup):
-  batch = jax.ShapeDtypeStruct((config.train.batch_size, s.model.cfg.seq_len), np.int32,
-                               sharding=sharding.batch_sharding(s.mesh))
+  batch = jax.ShapeDtypeStruct(
+    (config.train.batch_size, s.model.cfg.seq_len),
+    np.int32,
+    sharding=sharding.batch_sharding(s.mesh),
+  )
   weights = jax.ShapeDtypeStruct(batch.shape, np.float32, sharding=batch.sharding)
   with s.context():
     lowered = train.jit_train_step(s, config).lower(
-        s.abstract_state, {'inputs': batch, 'targets': batch, 'weights': weights})
+      s.abstract_state, {'inputs': batch, 'targets': batch, 'weights': weights}
+    )
     return lowered.compile()
 
 
@@ -113,15 +149,22 @@ def plan(config, topology: str, device_memory_gb: float = 0.0) -> dict:
   capacity = int(device_memory_gb * GIB) or hbm
   tokens = config.train.batch_size * model_cfg.seq_len
   report = {
-      'topology': topology, 'devices': len(devices), 'mesh': dict(mesh.shape),
-      'params': model_lib.param_count(model_cfg),
-      'bytes_per_device': {'params': params, 'optimizer': optimizer,
-                           # float32 and sharded like the params; XLA counts them as temporaries
-                           'gradients': params},
-      'device_memory': capacity,
-      'flops_per_device': {'model': metrics_lib.flops_per_token(model_cfg) * tokens / len(devices)},
-      'peak_flops_per_device': peak, 'collectives': {}, 'scan_layers': model_cfg.scan_layers,
-      'loss_chunks': model_cfg.loss_chunks,
+    'topology': topology,
+    'devices': len(devices),
+    'mesh': dict(mesh.shape),
+    'params': model_lib.param_count(model_cfg),
+    'bytes_per_device': {
+      'params': params,
+      'optimizer': optimizer,
+      # float32 and sharded like the params; XLA counts them as temporaries
+      'gradients': params,
+    },
+    'device_memory': capacity,
+    'flops_per_device': {'model': metrics_lib.flops_per_token(model_cfg) * tokens / len(devices)},
+    'peak_flops_per_device': peak,
+    'collectives': {},
+    'scan_layers': model_cfg.scan_layers,
+    'loss_chunks': model_cfg.loss_chunks,
   }
   try:
     compiled = compile_train_step(config, s)
@@ -137,8 +180,12 @@ def plan(config, topology: str, device_memory_gb: float = 0.0) -> dict:
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  required = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-              + mem.temp_size_in_bytes)
+  required = (
+    mem.argument_size_in_bytes
+    + mem.output_size_in_bytes
+    - mem.alias_size_in_bytes
+    + mem.temp_size_in_bytes
+  )
   report['bytes_per_device'].update(temporaries=mem.temp_size_in_bytes, total=required)
   report['fits'] = bool(capacity) and required <= capacity
   report['flops_per_device']['xla'] = float(cost.get('flops', 0.0))
@@ -149,27 +196,39 @@ def plan(config, topology: str, device_memory_gb: float = 0.0) -> dict:
 def table(r: dict) -> str:
   gib = lambda b: f'{b / GIB:,.2f} GiB' if b >= GIB / 4 else f'{b / (1 << 20):,.2f} MiB'
   mem = r['bytes_per_device']
-  rows = [('target', f"{r['topology']} ({r['devices']} devices, mesh {r['mesh']})"),
-          ('parameters', f"{r['params']:,}")]
+  rows = [
+    ('target', f'{r["topology"]} ({r["devices"]} devices, mesh {r["mesh"]})'),
+    ('parameters', f'{r["params"]:,}'),
+  ]
   rows += [(f'{k} / device', gib(v)) for k, v in mem.items()]
   cap = r['device_memory']
   rows.append(('device memory', gib(cap) if cap else 'unknown (pass --device_memory_gb)'))
   rows.append(('fits', ('yes' if r['fits'] else 'NO') if cap else 'n/a'))
   flops = r['flops_per_device']
   if 'xla' in flops:
-    rows.append(('FLOPs / step / device', f"XLA {flops['xla']:.3e}, model {flops['model']:.3e} "
-                                           f"(x{flops['xla'] / max(flops['model'], 1):.2f})"))
+    rows.append(
+      (
+        'FLOPs / step / device',
+        f'XLA {flops["xla"]:.3e}, model {flops["model"]:.3e} '
+        f'(x{flops["xla"] / max(flops["model"], 1):.2f})',
+      )
+    )
     loops = (['the scanned layers'] if r['scan_layers'] else []) + (
-        [f"the loss's {r['loss_chunks']} chunks"] if r['loss_chunks'] > 1 else [])
+      [f"the loss's {r['loss_chunks']} chunks"] if r['loss_chunks'] > 1 else []
+    )
     if loops:
       rows.append(('', f"XLA's count has one pass of each loop: {' and '.join(loops)}"))
   else:
-    rows.append(('FLOPs / step / device', f"model {flops['model']:.3e} (XLA: not compiled, "
-                                           'the program does not fit)'))
+    rows.append(
+      (
+        'FLOPs / step / device',
+        f'model {flops["model"]:.3e} (XLA: not compiled, the program does not fit)',
+      )
+    )
   if r['peak_flops_per_device']:
-    rows.append(('step time at 100% MFU', f"{flops['model'] / r['peak_flops_per_device']:.3f} s"))
+    rows.append(('step time at 100% MFU', f'{flops["model"] / r["peak_flops_per_device"]:.3f} s'))
   for kind, c in sorted(r['collectives'].items()):
-    rows.append((f'  {kind}', f"{c['count']} ops, {gib(c['bytes'])}"))
+    rows.append((f'  {kind}', f'{c["count"]} ops, {gib(c["bytes"])}'))
   width = max(len(k) for k, _ in rows)
   return '\n'.join(f'{k:<{width}} | {v}' for k, v in rows)
 

@@ -4,6 +4,7 @@ The model names axes logically; this module (with the rules in config.mesh) is t
 place that knows about mesh axes. Everything here checks what a user can get wrong before
 anything is compiled.
 """
+
 import math
 import os
 
@@ -30,13 +31,17 @@ def mesh_shape(shape_cfg, num_devices: int) -> dict[str, int]:
     raise UserError(f'config.mesh.shape={sizes}: sizes must be positive, with at most one -1')
   fixed = math.prod(s for s in sizes.values() if s != -1)
   if num_devices % fixed:
-    raise UserError(f'config.mesh.shape={sizes} needs a multiple of {fixed} devices but there '
-                    f'are {num_devices}; change the sizes so their product divides {num_devices}')
+    raise UserError(
+      f'config.mesh.shape={sizes} needs a multiple of {fixed} devices but there '
+      f'are {num_devices}; change the sizes so their product divides {num_devices}'
+    )
   if free:
     sizes[free[0]] = num_devices // fixed
   elif fixed != num_devices:
-    raise UserError(f'config.mesh.shape={sizes} uses {fixed} devices but there are '
-                    f'{num_devices}; set one axis to -1 to take the rest')
+    raise UserError(
+      f'config.mesh.shape={sizes} uses {fixed} devices but there are '
+      f'{num_devices}; set one axis to -1 to take the rest'
+    )
   return sizes
 
 
@@ -49,8 +54,9 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
 
 
 def rules(mesh_cfg):
-  return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-               for name, axes in mesh_cfg.rules)
+  return tuple(
+    (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in mesh_cfg.rules
+  )
 
 
 def batch_parallelism(mesh: Mesh) -> int:
@@ -60,12 +66,15 @@ def batch_parallelism(mesh: Mesh) -> int:
 def check_batch(global_batch: int, micro_batches: int, mesh: Mesh):
   dp = batch_parallelism(mesh)
   if micro_batches < 1 or global_batch % micro_batches:
-    raise UserError(f'train.batch_size={global_batch} does not split into '
-                    f'train.micro_batches={micro_batches}; use a divisor of the batch')
+    raise UserError(
+      f'train.batch_size={global_batch} does not split into '
+      f'train.micro_batches={micro_batches}; use a divisor of the batch'
+    )
   if (global_batch // micro_batches) % dp:
     raise UserError(
-        f'train.batch_size={global_batch} (micro-batch {global_batch // micro_batches}) does '
-        f'not divide the data-parallel size {dp} (mesh data x fsdp); use a multiple of {dp}')
+      f'train.batch_size={global_batch} (micro-batch {global_batch // micro_batches}) does '
+      f'not divide the data-parallel size {dp} (mesh data x fsdp); use a multiple of {dp}'
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -108,9 +117,11 @@ def check_divisible(abstract_tree, shardings):
       parts = math.prod(sh.mesh.shape[a] for a in axes)
       if dim % parts:
         name = '/'.join(str(getattr(k, 'key', k)) for k in path)
-        raise UserError(f'{name} has a dimension of {dim} that does not split over mesh '
-                        f'axes {axes} ({parts} devices); change the model size (heads, '
-                        'width, mlp_dim) or the mesh so that it divides')
+        raise UserError(
+          f'{name} has a dimension of {dim} that does not split over mesh '
+          f'axes {axes} ({parts} devices); change the model size (heads, '
+          'width, mlp_dim) or the mesh so that it divides'
+        )
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
@@ -119,8 +130,9 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
-def maybe_initialize_distributed(coordinator: str = '', num_processes: int = 0,
-                                 process_id: int = -1):
+def maybe_initialize_distributed(
+  coordinator: str = '', num_processes: int = 0, process_id: int = -1
+):
   """Joins a multi-process run when the environment (or the flags) describe one.
 
   TPU pod workers and SLURM jobs are detected by jax itself; GPU clusters without SLURM

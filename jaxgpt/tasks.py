@@ -15,6 +15,7 @@ gets it right when greedy decoding would produce every token of that word.
 
 Each accuracy comes with its standard error over examples, sqrt(p (1 - p) / (n - 1)).
 """
+
 import logging
 import math
 import os
@@ -52,18 +53,23 @@ def _choice_example(record: dict, where: str) -> dict:
     choices, names = [c.get('text') for c in choices], [c.get('label') for c in choices]
   label = next((record[k] for k in _LABEL_KEYS if k in record), None)
   if not isinstance(context, str) or not choices or not all(isinstance(c, str) for c in choices):
-    raise UserError(f'{where}: a multiple-choice line needs a text context '
-                    f'({"/".join(_CONTEXT_KEYS)}) and a list of text choices '
-                    '(choices/endings/sol1..)')
+    raise UserError(
+      f'{where}: a multiple-choice line needs a text context '
+      f'({"/".join(_CONTEXT_KEYS)}) and a list of text choices '
+      '(choices/endings/sol1..)'
+    )
   index = _label_index(label, choices, names)
   if index is None:
-    raise UserError(f'{where}: label {label!r} names none of the {len(choices)} choices; use '
-                    'an index from 0, or the choice\'s letter or name')
+    raise UserError(
+      f'{where}: label {label!r} names none of the {len(choices)} choices; use '
+      "an index from 0, or the choice's letter or name"
+    )
   # Releases differ on where the space between context and choice lives (HellaSwag's and
   # ARC's choices have none); as lm-eval's target delimiter does, one is put in when
   # neither side has it, so no choice is scored glued to the context's last word.
-  choices = [c if not context or context[-1:].isspace() or c[:1].isspace() else ' ' + c
-             for c in choices]
+  choices = [
+    c if not context or context[-1:].isspace() or c[:1].isspace() else ' ' + c for c in choices
+  ]
   return {'context': context, 'choices': choices, 'label': index}
 
 
@@ -93,8 +99,7 @@ def load(path: str) -> dict:
   for record in records.read_records(path):
     fields = record.fields
     kind = kind or ('cloze' if set(fields) <= {'text', 'id', 'domain'} else 'choice')
-    examples.append((_cloze_example if kind == 'cloze' else _choice_example)(fields,
-                                                                             record.where))
+    examples.append((_cloze_example if kind == 'cloze' else _choice_example)(fields, record.where))
   if not examples:
     raise UserError(f'task file {path} has no examples')
   name = os.path.splitext(os.path.basename(path))[0]
@@ -109,8 +114,8 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
   """
   context_ids = tokenizer.encode(context) or [tokenizer.eod_id]
   whole = tokenizer.encode(context + continuation)
-  if whole[:len(context_ids)] == context_ids and len(whole) > len(context_ids):
-    return context_ids, whole[len(context_ids):]
+  if whole[: len(context_ids)] == context_ids and len(whole) > len(context_ids):
+    return context_ids, whole[len(context_ids) :]
   return context_ids, tokenizer.encode(continuation)
 
 
@@ -133,28 +138,29 @@ class Scorer:
   def _score_fn(self, params, inputs_BxL, targets_BxL, mask_BxL):
     cfg = self.model.cfg
     h_BxLxD = self.model.apply({'params': params}, inputs_BxL, hidden=True)
-    logp_BxL, greedy_BxL = loss_lib.token_logp(h_BxLxD, model_lib.output_table(cfg, params),
-                                               targets_BxL, cfg.loss_chunks, cfg.dtype)
+    logp_BxL, greedy_BxL = loss_lib.token_logp(
+      h_BxLxD, model_lib.output_table(cfg, params), targets_BxL, cfg.loss_chunks, cfg.dtype
+    )
     return (logp_BxL * mask_BxL).sum(axis=-1), (greedy_BxL | (mask_BxL == 0)).all(axis=-1)
 
   def score(self, pairs: list[tuple[list[int], list[int]]]) -> tuple[np.ndarray, np.ndarray]:
     logps, greedy = [], []
     for start in range(0, len(pairs), self.batch_size):
-      chunk = pairs[start:start + self.batch_size]
+      chunk = pairs[start : start + self.batch_size]
       # Inputs are the sequence minus its last token; the continuation is always kept, the
       # context cut from the left to fit the window.
-      rows = [(c + x)[-(self.seq_len + 1):] for c, x in chunk]
+      rows = [(c + x)[-(self.seq_len + 1) :] for c, x in chunk]
       width = generate_lib.bucket_length(max(map(len, rows)) - 1, self.seq_len)
       arrays = np.zeros((3, self.batch_size, width), np.int32)
       for b, ((_, cont), row) in enumerate(zip(chunk, rows)):
         n = len(row) - 1
         arrays[0, b, :n], arrays[1, b, :n] = row[:-1], row[1:]
-        arrays[2, b, max(0, n - len(cont)):n] = 1
+        arrays[2, b, max(0, n - len(cont)) : n] = 1
       # Every process holds all rows; each device takes its own.
       put = lambda x: jax.make_array_from_callback(x.shape, self.rows, lambda i: x[i])
       lp, gr = self._score(self.params, *map(put, arrays))
-      logps.append(np.asarray(lp)[:len(chunk)])
-      greedy.append(np.asarray(gr)[:len(chunk)])
+      logps.append(np.asarray(lp)[: len(chunk)])
+      greedy.append(np.asarray(gr)[: len(chunk)])
     return np.concatenate(logps), np.concatenate(greedy)
 
 
@@ -180,7 +186,11 @@ def evaluate(scorer: Scorer, tokenizer, task: dict) -> dict:
     for prefix, score in (('acc', logp), ('acc_norm', logp / nbytes)):
       picks = np.array([s.argmax() for s in np.split(score, ends[:-1])])
       result.update(_accuracy(picks == labels, prefix))
-  log.info('task %s: %s (%d examples, %.1fs)', task['name'],
-           ', '.join(f'{k} {v:.4f}' for k, v in result.items() if isinstance(v, float)),
-           len(examples), time.time() - t0)
+  log.info(
+    'task %s: %s (%d examples, %.1fs)',
+    task['name'],
+    ', '.join(f'{k} {v:.4f}' for k, v in result.items() if isinstance(v, float)),
+    len(examples),
+    time.time() - t0,
+  )
   return result

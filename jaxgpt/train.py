@@ -3,6 +3,7 @@
 `train_step(state, batch) -> (state, metrics)` is jitted once with explicit in/out
 shardings and donated state; logging, evaluation and checkpointing stay on the host.
 """
+
 import contextlib
 import dataclasses
 import logging
@@ -52,8 +53,9 @@ def init_params(model, rng):
 def _strip_boxes(tree):
   """nn.Partitioned -> its value, without applying sharding constraints."""
   is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
-  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
-                      is_leaf=is_box)
+  return jax.tree.map(
+    lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree, is_leaf=is_box
+  )
 
 
 @dataclasses.dataclass
@@ -63,6 +65,7 @@ class Setup:
   A fine-tune sets `loss_fn` (its task's loss) and `frozen` (the params it does not train,
   passed to the step beside the state, which then holds only the trainable ones).
   """
+
   model: model_lib.Transformer
   tx: optax.GradientTransformation
   lr: optax.Schedule
@@ -79,6 +82,7 @@ class Setup:
     def init(rng):
       params = _strip_boxes(init_params(self.model, rng))
       return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
+
     with self.context():
       return jax.jit(init, out_shardings=self.state_shardings)(jax.random.key(seed))
 
@@ -90,8 +94,9 @@ class Setup:
     return stack
 
 
-def setup(config, model_cfg: model_lib.ModelConfig, mesh, model=None, is_trainable=None,
-          loss_fn=None) -> Setup:
+def setup(
+  config, model_cfg: model_lib.ModelConfig, mesh, model=None, is_trainable=None, loss_fn=None
+) -> Setup:
   """Shardings and abstract state for `model` (default: a Transformer of model_cfg).
 
   With `is_trainable(path)`, the state holds only those params and the rest become
@@ -113,14 +118,29 @@ def setup(config, model_cfg: model_lib.ModelConfig, mesh, model=None, is_trainab
   opt_state = jax.eval_shape(tx.init, params)
   replicated = NamedSharding(mesh, P())
   # AdamW's moments mirror the params and take their shardings; counts are replicated.
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, opt_state, param_sh,
-                                 transform_non_params=lambda _: replicated,
-                                 is_leaf=lambda x: isinstance(x, NamedSharding))
+  opt_sh = optax.tree_map_params(
+    tx,
+    lambda _, s: s,
+    opt_state,
+    param_sh,
+    transform_non_params=lambda _: replicated,
+    is_leaf=lambda x: isinstance(x, NamedSharding),
+  )
   shardings = TrainState(replicated, param_sh, opt_sh)
   abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state)
   abstract = checkpoint_lib.abstract_with_shardings(abstract, shardings)
-  return Setup(model, tx, lr, mesh, rules, shardings, abstract, loss_fn,
-               frozen_shardings=frozen_sh, frozen_abstract=frozen_abstract)
+  return Setup(
+    model,
+    tx,
+    lr,
+    mesh,
+    rules,
+    shardings,
+    abstract,
+    loss_fn,
+    frozen_shardings=frozen_sh,
+    frozen_abstract=frozen_abstract,
+  )
 
 
 def loss_sums(model, params, batch, rng, deterministic):
@@ -131,8 +151,10 @@ def loss_sums(model, params, batch, rng, deterministic):
 
 def lm_loss(model):
   """The pretraining loss as a Setup.loss_fn: frozen params (if any) join the trained ones."""
+
   def loss_fn(params, frozen, batch, rng):
     return loss_sums(model, lora.merge(params, frozen) if frozen else params, batch, rng, False)
+
   return loss_fn
 
 
@@ -144,7 +166,8 @@ def make_train_step(loss_fn, tx, lr, micro_batches: int, seed: int, skip_nonfini
 
   def grads_of(params, frozen, batch, rng):
     (nll, tokens), grads = jax.value_and_grad(
-        lambda p: loss_fn(p, frozen, batch, rng), has_aux=True)(params)
+      lambda p: loss_fn(p, frozen, batch, rng), has_aux=True
+    )(params)
     return grads, nll, tokens
 
   def train_step(state, batch, frozen=None):
@@ -153,15 +176,19 @@ def make_train_step(loss_fn, tx, lr, micro_batches: int, seed: int, skip_nonfini
       grads, nll, tokens = grads_of(state.params, frozen, batch, rng)
     else:
       # Micro-batch i takes rows i, i+M, ...: every device keeps its own rows, no reshuffle.
-      split = lambda x: x.reshape(x.shape[0] // micro_batches, micro_batches,
-                                  *x.shape[1:]).swapaxes(0, 1)
+      split = lambda x: x.reshape(
+        x.shape[0] // micro_batches, micro_batches, *x.shape[1:]
+      ).swapaxes(0, 1)
+
       def body(acc, xs):
         mb, i = xs
         out = grads_of(state.params, frozen, mb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, acc, out), None
+
       zeros = (jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0), jnp.float32(0))
       (grads, nll, tokens), _ = jax.lax.scan(
-          body, zeros, (jax.tree.map(split, batch), jnp.arange(micro_batches)))
+        body, zeros, (jax.tree.map(split, batch), jnp.arange(micro_batches))
+      )
     tokens = jnp.maximum(tokens, 1.0)
     grads = jax.tree.map(lambda g: g / tokens, grads)
     grad_norm = optax.tree.norm(grads)
@@ -172,8 +199,7 @@ def make_train_step(loss_fn, tx, lr, micro_batches: int, seed: int, skip_nonfini
       keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
       params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     new_state = state.replace(step=state.step + 1, opt_state=opt_state, params=params)
-    metrics = {'loss': nll / tokens, 'grad_norm': grad_norm, 'lr': lr(state.step),
-               'finite': finite}
+    metrics = {'loss': nll / tokens, 'grad_norm': grad_norm, 'lr': lr(state.step), 'finite': finite}
     return new_state, metrics
 
   return train_step
@@ -181,16 +207,30 @@ def make_train_step(loss_fn, tx, lr, micro_batches: int, seed: int, skip_nonfini
 
 def jit_train_step(s: Setup, config):
   """step(state, batch) -> (state, metrics), jitted with explicit shardings, state donated."""
-  step = make_train_step(s.loss_fn or lm_loss(s.model), s.tx, s.lr, config.train.micro_batches,
-                         config.train.seed, config.train.skip_nonfinite)
+  step = make_train_step(
+    s.loss_fn or lm_loss(s.model),
+    s.tx,
+    s.lr,
+    config.train.micro_batches,
+    config.train.seed,
+    config.train.skip_nonfinite,
+  )
   # Metrics come back replicated, so every process can read them without a gather.
   out_shardings = (s.state_shardings, NamedSharding(s.mesh, P()))
   batch_sharding = sharding.batch_sharding(s.mesh)
   if s.frozen is None:
-    return jax.jit(step, in_shardings=(s.state_shardings, batch_sharding),
-                   out_shardings=out_shardings, donate_argnums=0)
-  jitted = jax.jit(step, in_shardings=(s.state_shardings, batch_sharding, s.frozen_shardings),
-                   out_shardings=out_shardings, donate_argnums=0)
+    return jax.jit(
+      step,
+      in_shardings=(s.state_shardings, batch_sharding),
+      out_shardings=out_shardings,
+      donate_argnums=0,
+    )
+  jitted = jax.jit(
+    step,
+    in_shardings=(s.state_shardings, batch_sharding, s.frozen_shardings),
+    out_shardings=out_shardings,
+    donate_argnums=0,
+  )
   return lambda state, batch: jitted(state, batch, s.frozen)
 
 
@@ -198,8 +238,15 @@ def check_config(config, mesh):
   """Everything about the config that can be checked before data or compilation."""
   model_lib.ModelConfig.from_config(config.model, tokenizer_vocab=1)
   generate_lib.Sampling.from_config(config.eval)
-  for key in ('batch_size', 'steps', 'log_every', 'eval_every', 'checkpoint_every',
-              'micro_batches', 'keep_checkpoints'):
+  for key in (
+    'batch_size',
+    'steps',
+    'log_every',
+    'eval_every',
+    'checkpoint_every',
+    'micro_batches',
+    'keep_checkpoints',
+  ):
     if config.train[key] <= 0:
       raise UserError(f'train.{key}={config.train[key]} must be a positive integer')
   for key, zero in (('run_steps', 'all steps'), ('eval_batches', 'the whole split')):
@@ -225,8 +272,10 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   if ckpt.latest_step() is not None:
     # The newest step whose config and tokenizer read; the config is checked before the
     # data is touched, and a resumed run encodes with its checkpoint's tokenizer.
-    read = lambda step: (ckpt.restore_json(step, 'config'),
-                         checkpoint_lib.load_tokenizer(ckpt, step))
+    read = lambda step: (
+      ckpt.restore_json(step, 'config'),
+      checkpoint_lib.load_tokenizer(ckpt, step),
+    )
     latest, (saved, tokenizer) = ckpt.newest_intact(read, with_data=True, set_aside=True)
     faults.check_resumable(config, saved, workdir)
   prepared = prepare_data(config.data, workdir, tokenizer)
@@ -235,15 +284,19 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   loader.check_validation(prepared, model_cfg.seq_len)
   s = setup(config, model_cfg, mesh)
   if latest is not None:
-    faults.check_shapes(checkpoint_lib.shapes(s.abstract_state), ckpt.saved_shapes(latest),
-                        config, saved, workdir)
+    faults.check_shapes(
+      checkpoint_lib.shapes(s.abstract_state), ckpt.saved_shapes(latest), config, saved, workdir
+    )
   if latest is not None and latest >= tc.steps:
     log.info('the run in %s is complete (step %d of %d); nothing to do', workdir, latest, tc.steps)
     _finish_if_missing(config, workdir, s, ckpt, latest, prepared)
     ckpt.close()
     return {'complete': True, 'step': latest}
-  data_iter = iter(loader.train_loader(prepared, model_cfg.seq_len, tc.batch_size, tc.seed,
-                                       jax.process_index(), jax.process_count()))
+  data_iter = iter(
+    loader.train_loader(
+      prepared, model_cfg.seq_len, tc.batch_size, tc.seed, jax.process_index(), jax.process_count()
+    )
+  )
   if latest is None:
     state = s.init_state(tc.seed)
   else:
@@ -252,13 +305,11 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
     log.info('resuming from step %d', latest)
   log.info('model: %s params, %s', f'{model_lib.param_count(model_cfg):,}', model_cfg)
 
-  writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0,
-                              start_step=latest or 0)
+  writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0, start_step=latest or 0)
   run_eval = make_evaluator(config, s, prepared, writer)
   save = lambda step, st: ckpt.save(step, st, data_iter, config, prepared.tokenizer)
   try:
-    state, result, stopped = train_loop(config, s, state, data_iter, writer, run_eval, save,
-                                        latest)
+    state, result, stopped = train_loop(config, s, state, data_iter, writer, run_eval, save, latest)
     step = int(state.step)
     if stopped:
       return {'stopped': True, 'step': step}
@@ -279,6 +330,7 @@ def prepare_data(data_cfg, workdir, tokenizer=None, for_eval=False):
   if jax.process_count() == 1:
     return prepare()
   from jax.experimental import multihost_utils
+
   prepared = prepare() if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices('jaxgpt: token store prepared')
   return prepared or prepare()
@@ -288,19 +340,27 @@ def make_evaluator(config, s: Setup, prepared, writer):
   """run_eval(params, step): validation loss, perplexity and bits per byte, logged."""
   tc, seq_len = config.train, s.model.cfg.seq_len
   with s.context():
-    eval_step = evaluate_lib.make_jitted_eval_step(s.model, s.state_shardings.params,
-                                                   sharding.batch_sharding(s.mesh))
+    eval_step = evaluate_lib.make_jitted_eval_step(
+      s.model, s.state_shardings.params, sharding.batch_sharding(s.mesh)
+    )
   byte_table = evaluate_lib.byte_table(prepared.tokenizer, s.model.cfg.vocab_size)
 
   def run_eval(params, step):
-    batches = loader.eval_batches(prepared, seq_len, tc.batch_size, tc.eval_batches,
-                                  jax.process_index(), jax.process_count())
+    batches = loader.eval_batches(
+      prepared, seq_len, tc.batch_size, tc.eval_batches, jax.process_index(), jax.process_count()
+    )
     with s.context():
-      result = evaluate_lib.evaluate(eval_step, params, batches, byte_table,
-                                     lambda b: sharding.global_batch(b, s.mesh))
+      result = evaluate_lib.evaluate(
+        eval_step, params, batches, byte_table, lambda b: sharding.global_batch(b, s.mesh)
+      )
     writer.write(step, 'eval', result)
-    log.info('eval step %d | loss %.4f | ppl %.2f | bits/byte %.4f', step, result['loss'],
-             result['perplexity'], result['bits_per_byte'])
+    log.info(
+      'eval step %d | loss %.4f | ppl %.2f | bits/byte %.4f',
+      step,
+      result['loss'],
+      result['perplexity'],
+      result['bits_per_byte'],
+    )
     return result
 
   return run_eval
@@ -326,9 +386,9 @@ def train_loop(config, s: Setup, state, data_iter, writer, run_eval, save, resum
   peak = tc.peak_flops or metrics_lib.measure_peak_flops()
   step = int(state.step)
   last_saved = resumed
-  progress = metrics_lib.Progress(step, tc.steps, tokens_per_step,
-                                  _flops_per_token(s) * tokens_per_step,
-                                  peak * s.mesh.size)
+  progress = metrics_lib.Progress(
+    step, tc.steps, tokens_per_step, _flops_per_token(s) * tokens_per_step, peak * s.mesh.size
+  )
   end = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
   result, loss_sum, first_step = None, None, step + 1
   skipped, previous_finite = jnp.int32(0), None
@@ -348,8 +408,9 @@ def train_loop(config, s: Setup, state, data_iter, writer, run_eval, save, resum
         jax.block_until_ready(step_metrics)
         progress.restart(step)
       stopping = stop.requested(step, tc.log_every)
-      boundary = (step % tc.eval_every == 0 or step % tc.checkpoint_every == 0 or step == end
-                  or stopping)
+      boundary = (
+        step % tc.eval_every == 0 or step % tc.checkpoint_every == 0 or step == end or stopping
+      )
       if boundary and not bool(finite):  # nothing non-finite is evaluated or saved
         faults.stop_non_finite(step, last_saved, tc.skip_nonfinite)
       if step % tc.log_every == 0 or step == end or stopping:
@@ -368,8 +429,11 @@ def train_loop(config, s: Setup, state, data_iter, writer, run_eval, save, resum
         last_saved = step
         progress.restart(step)
       if stopping:
-        log.warning('%s received: saved step %d and stopped; run the same command to resume',
-                    stop.signal or 'stop request', step)
+        log.warning(
+          '%s received: saved step %d and stopped; run the same command to resume',
+          stop.signal or 'stop request',
+          step,
+        )
         return state, result, True
   return state, result, False
 
@@ -388,16 +452,19 @@ def _finish(config, workdir, s, params, prepared):
   """The end-of-run records: loss plot and samples (printed, then written whole)."""
   ec = config.eval
   if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
-    metrics_lib.plot_losses(os.path.join(workdir, 'metrics.jsonl'),
-                            os.path.join(workdir, 'loss.png'))
+    metrics_lib.plot_losses(
+      os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'loss.png')
+    )
   prompts = [ec.prompt] * ec.num_samples
-  texts = generate_lib.sample(s.model, params, prepared.tokenizer, prompts,
-                              generate_lib.Sampling.from_config(ec))
+  texts = generate_lib.sample(
+    s.model, params, prepared.tokenizer, prompts, generate_lib.Sampling.from_config(ec)
+  )
   if jax.process_index() == 0:
     blocks = []
     for i, text in enumerate(texts):
-      header = (f'--- sample {i} (temperature {ec.temperature}, top-k {ec.top_k}, '
-                f'top-p {ec.top_p}) ---')
+      header = (
+        f'--- sample {i} (temperature {ec.temperature}, top-k {ec.top_k}, top-p {ec.top_p}) ---'
+      )
       blocks.append(f'{header}\n{ec.prompt}{text}\n')
       print(blocks[-1], flush=True)
     metrics_lib.write_text(os.path.join(workdir, 'samples.txt'), ''.join(blocks))

@@ -4,6 +4,7 @@ The lock is an flock on WORKDIR/.lock, which the kernel releases when its proces
 however it ends, so a killed run never leaves it stuck; the file names the holder for the
 message the next run prints.
 """
+
 import contextlib
 import fcntl
 import os
@@ -24,15 +25,19 @@ def check_writable(workdir: str):
     with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write-test-'):
       pass
   except OSError as e:
-    raise UserError(f'--workdir={workdir} is not writable ({e.strerror}); fix its permissions '
-                    'or use another --workdir') from None
+    raise UserError(
+      f'--workdir={workdir} is not writable ({e.strerror}); fix its permissions '
+      'or use another --workdir'
+    ) from None
 
 
 def check_run_exists(workdir: str):
   """For evaluating or sampling a run: its directory must be there (never created)."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise UserError(f'--workdir={workdir} holds no run (no {os.path.join(workdir, "checkpoints")}'
-                    '); check the path, or train one there first')
+    raise UserError(
+      f'--workdir={workdir} holds no run (no {os.path.join(workdir, "checkpoints")}'
+      '); check the path, or train one there first'
+    )
 
 
 @contextlib.contextmanager
@@ -63,12 +68,16 @@ class Lock:
       f.seek(0)
       holder = f.read().strip() or 'another process'
       f.close()
-      raise UserError(f'--workdir={self.workdir} is in use by {holder}; wait for that run to '
-                      'end (or stop it), or use another --workdir') from None
+      raise UserError(
+        f'--workdir={self.workdir} is in use by {holder}; wait for that run to '
+        'end (or stop it), or use another --workdir'
+      ) from None
     f.seek(0)
     f.truncate()
-    f.write(f'process {os.getpid()} on {socket.gethostname()} (since '
-            f'{time.strftime("%Y-%m-%d %H:%M:%S")})\n')
+    f.write(
+      f'process {os.getpid()} on {socket.gethostname()} (since '
+      f'{time.strftime("%Y-%m-%d %H:%M:%S")})\n'
+    )
     f.flush()
     self._file = f
     return self

@@ -1,4 +1,5 @@
 """Eight emulated CPU devices, set before jax starts a backend, and small shared fixtures."""
+
 import os
 
 os.environ['JAX_PLATFORMS'] = 'cpu'

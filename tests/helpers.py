@@ -1,12 +1,15 @@
 """Small corpora and configs for tests; importable without touching jax's config, so that
 the multi-process workers can use them too."""
+
 import os
 import random
 
 from experiments import default
 
-_WORDS = ('alpha beta gamma delta value result index count total item name data node '
-          'left right parent child key size limit offset buffer state').split()
+_WORDS = (
+  'alpha beta gamma delta value result index count total item name data node '
+  'left right parent child key size limit offset buffer state'
+).split()
 
 
 def write_corpus(directory, n_docs=40, seed=0):
@@ -56,8 +59,16 @@ def tiny_config(corpus_dir, **train):
   return c
 
 
-FACTS = {'france': 'paris', 'italy': 'rome', 'spain': 'madrid', 'norway': 'oslo',
-         'egypt': 'cairo', 'peru': 'lima', 'japan': 'tokyo', 'kenya': 'nairobi'}
+FACTS = {
+  'france': 'paris',
+  'italy': 'rome',
+  'spain': 'madrid',
+  'norway': 'oslo',
+  'egypt': 'cairo',
+  'peru': 'lima',
+  'japan': 'tokyo',
+  'kenya': 'nairobi',
+}
 
 
 def write_facts_corpus(directory, n_docs=30, seed=0):
@@ -76,6 +87,7 @@ def write_facts_corpus(directory, n_docs=30, seed=0):
 def write_classification_data(path, n=300, seed=0):
   """Two classes told apart by their words: separable for any model that reads them."""
   import json
+
   rng = random.Random(seed)
   words = {'pos': _WORDS[:8], 'neg': _WORDS[12:20]}
   with open(path, 'w') as f:
@@ -89,13 +101,16 @@ def write_classification_data(path, n=300, seed=0):
 def write_instruction_data(path, n=200, seed=0):
   """Alpaca-style records, with and without an input."""
   import json
+
   rng = random.Random(seed)
   with open(path, 'w') as f:
     for _ in range(n):
       if rng.random() < 0.5:
         w = rng.choice(_WORDS)
-        record = {'instruction': f'next after {w}',
-                  'output': _WORDS[(_WORDS.index(w) + 1) % len(_WORDS)]}
+        record = {
+          'instruction': f'next after {w}',
+          'output': _WORDS[(_WORDS.index(w) + 1) % len(_WORDS)],
+        }
       else:
         a, b = rng.sample(_WORDS, 2)
         record = {'instruction': 'join with a dash', 'input': f'{a} {b}', 'output': f'{a}-{b}'}

@@ -5,18 +5,22 @@ from configs import base
 from jaxgpt.data import clean
 
 GOOD_CODE = 'x = compute(value)\ny = other(x)\nreturn y\n'
-MODULE = ('import os\n\n\ndef load(path):\n    with open(path) as f:\n        return {\n'
-          '            "name": os.path.basename(path), "text": f.read()}\n')
+MODULE = (
+  'import os\n\n\ndef load(path):\n    with open(path) as f:\n        return {\n'
+  '            "name": os.path.basename(path), "text": f.read()}\n'
+)
 # Prose that passes every 'web' rule: English, enough words and sentences, each line ending
 # in terminal punctuation.
-GOOD_PROSE = '\n'.join([
+GOOD_PROSE = '\n'.join(
+  [
     'The river town was quiet in the early morning, and the bakers were the first to wake.',
     'They lit the ovens before the sun came up over the hills to the east of the valley.',
-    'By six o\'clock the smell of fresh bread had reached the market square and the harbour.',
+    "By six o'clock the smell of fresh bread had reached the market square and the harbour.",
     'Fishermen who had been out all night stopped there to buy a loaf on their way home.',
     'Most of them said that it was the best part of the day, and that they would not trade it.',
     'Children walked to the school with their parents, talking about the holidays to come.',
-])
+  ]
+)
 
 
 def _cfg(**kw):
@@ -66,18 +70,21 @@ def test_unicode_normalisation():
 
 def test_web_profile_keeps_prose_and_drops_what_each_rule_names():
   french = GOOD_PROSE.replace('\n', ' ')
-  french = ('La ville était calme au petit matin, et les boulangers étaient les premiers à se '
-            'lever. Ils allumaient les fours avant que le soleil ne se lève sur les collines. '
-            * 4)
+  french = (
+    'La ville était calme au petit matin, et les boulangers étaient les premiers à se '
+    'lever. Ils allumaient les fours avant que le soleil ne se lève sur les collines. ' * 4
+  )
   few_words = 'The end of the story, and the start of the next one.'
   no_stop_words = '\n'.join(
-      f'Fresh {w}s grow slowly in warm gardens near quiet rivers, so farmers pick them early.'
-      for w in ('apple', 'melon', 'grape', 'lemon', 'peach', 'mango'))
+    f'Fresh {w}s grow slowly in warm gardens near quiet rivers, so farmers pick them early.'
+    for w in ('apple', 'melon', 'grape', 'lemon', 'peach', 'mango')
+  )
   bullets = '\n'.join(f'- item {line}' for line in GOOD_PROSE.splitlines())
   lorem = GOOD_PROSE + '\nLorem ipsum dolor sit amet, and the rest of it is here.'
   braces = GOOD_PROSE + '\nThe function returns {x} to the caller of the function.'
-  kept, counts = _run('web', [GOOD_PROSE, french, few_words, no_stop_words, bullets, lorem,
-                              braces, MODULE])
+  kept, counts = _run(
+    'web', [GOOD_PROSE, french, few_words, no_stop_words, bullets, lorem, braces, MODULE]
+  )
   assert kept == [GOOD_PROSE]
   assert counts['language.dropped_language_fr'] == 1
   assert counts['gopher_quality.dropped_gopher_short_doc'] >= 1
@@ -106,9 +113,19 @@ def test_language_threshold_and_languages_are_config():
 
 def test_regex_words_split_words_and_punctuation():
   assert clean.WORDS.word_tokenize("It's 3.5 km, isn't it?") == [
-      "It's", '3.5', 'km', ',', "isn't", 'it', '?']
+    "It's",
+    '3.5',
+    'km',
+    ',',
+    "isn't",
+    'it',
+    '?',
+  ]
   assert clean.WORDS.sent_tokenize('One here. Two "there!" Three') == [
-      'One here.', 'Two "there!"', 'Three']
+    'One here.',
+    'Two "there!"',
+    'Three',
+  ]
 
 
 @pytest.mark.parametrize('text', ['a' * 200, 'héllo wörld ' * 30])

@@ -1,21 +1,29 @@
 """The words found in numpy are exactly the regexes' words, and their hashes are a function
 of the word alone."""
+
 import random
 
 import numpy as np
 import pytest
 
-from benchmarks.corpora import Prose
+from jaxgpt.data.synthetic import Prose
 from jaxgpt.data import clean
 from jaxgpt.data import codepoints
 from jaxgpt.data import dedup
 
 TRICKY = [
-    '', ' ', 'a', "It's 3.5 km, isn't it? e.g. well-known -- x.-y a..b 'quoted' end.",
-    'snake_case __init__ ＡＢＣ１２３ x²y 3.14 ½ İstanbul ΣΊΣΥΦΟΣ 中文字符 naïve café',
-    'tab\there\r\nline\x0bfeed\x85next\u2028sep  \u00a0nbsp', 'emoji 🙂🙂 ok!!! ?!', '...',
-    "don’t rock’n’roll o'clock 'tis x- -y", 'lone \ud800 surrogate \udfff here',
-    'mixed123abc 456 def7', '#hashtag @user http://example.com/a-b.c?d=e',
+  '',
+  ' ',
+  'a',
+  "It's 3.5 km, isn't it? e.g. well-known -- x.-y a..b 'quoted' end.",
+  'snake_case __init__ ＡＢＣ１２３ x²y 3.14 ½ İstanbul ΣΊΣΥΦΟΣ 中文字符 naïve café',
+  'tab\there\r\nline\x0bfeed\x85next\u2028sep  \u00a0nbsp',
+  'emoji 🙂🙂 ok!!! ?!',
+  '...',
+  "don’t rock’n’roll o'clock 'tis x- -y",
+  'lone \ud800 surrogate \udfff here',
+  'mixed123abc 456 def7',
+  '#hashtag @user http://example.com/a-b.c?d=e',
 ]
 
 

@@ -40,11 +40,13 @@ def test_files_directories_and_globs(tmp_path):
   (tmp_path / 'a' / 'skip.bin').write_text('not listed')
   (tmp_path / 'two.txt').write_text('second document')
   (tmp_path / 'three.md').write_text('third document')
-  texts = _read([tmp_path / 'a', tmp_path / '*.txt', tmp_path / 'three.md'],
-                extensions=('.txt',))
+  texts = _read([tmp_path / 'a', tmp_path / '*.txt', tmp_path / 'three.md'], extensions=('.txt',))
   assert texts == ['first document', 'second document', 'third document']
-  with pytest.raises(UserError, match=r"holds no file ending in one of "
-                                      r"data.extensions=\('.txt.gz',\)"):
+  with pytest.raises(
+    UserError,
+    match=r'holds no file ending in one of '
+    r"data.extensions=\('.txt.gz',\)",
+  ):
     _read([tmp_path / 'a'], extensions=('.txt.gz',))
 
 
@@ -63,13 +65,15 @@ def test_shard_formats_read_the_same_documents(tmp_path):
 
 def test_bad_records_stop_naming_file_and_line_or_are_counted(tmp_path):
   path = tmp_path / 'docs.jsonl'
-  path.write_bytes(b'{"text": "ok"}\nnot json\n{"body": "no text"}\n{"text": "caf\xe9"}\n'
-                   b'{"text": "fine"}\n')
+  path.write_bytes(
+    b'{"text": "ok"}\nnot json\n{"body": "no text"}\n{"text": "caf\xe9"}\n{"text": "fine"}\n'
+  )
   with pytest.raises(UserError) as e:
     _read([path])
   assert str(e.value).startswith(f'{path}:2: not valid JSON (Expecting value); fix or remove')
-  assert str(e.value).endswith('or set --config.data.skip_bad_records=True to skip and count '
-                               'such records')
+  assert str(e.value).endswith(
+    'or set --config.data.skip_bad_records=True to skip and count such records'
+  )
   bad = corpus.BadRecords(skip=True)
   assert _read([path], bad) == ['ok', 'fine']
   assert bad.counts == {'not valid JSON': 1, "no 'text' field": 1, 'not UTF-8': 1}
@@ -79,7 +83,7 @@ def test_bad_records_stop_naming_file_and_line_or_are_counted(tmp_path):
 def test_a_corrupt_shard_is_named(tmp_path):
   lines = ''.join(json.dumps({'text': f'doc {i}'}) + '\n' for i in range(2000)).encode()
   data = gzip.compress(lines)
-  (tmp_path / 'cut.jsonl.gz').write_bytes(data[:len(data) // 2])
+  (tmp_path / 'cut.jsonl.gz').write_bytes(data[: len(data) // 2])
   with pytest.raises(UserError, match=r'cut.jsonl.gz:\d+: a corrupt shard'):
     _read([tmp_path / 'cut.jsonl.gz'])
   bad = corpus.BadRecords(skip=True)
@@ -128,8 +132,9 @@ def test_a_bad_record_in_a_byte_range_is_named_by_its_line_in_the_file(tmp_path)
 def test_paths_with_the_stdlib_source_is_an_error():
   cfg = base.data_config()
   cfg.paths = ('corpus/*.txt',)
-  with pytest.raises(UserError, match="data.source is 'stdlib', which ignores it; add "
-                                      '--config.data.source=files'):
+  with pytest.raises(
+    UserError, match="data.source is 'stdlib', which ignores it; add --config.data.source=files"
+  ):
     corpus.sources(cfg)
 
 
@@ -140,8 +145,10 @@ def test_mixture_and_validation_sources():
   cfg.mixture.code = base.source_config(source='stdlib', weight=0.3, profile='code')
   srcs = corpus.sources(cfg)
   assert [(s.name, s.kind, s.weight, s.profile, s.split) for s in srcs] == [
-      ('code', 'stdlib', 0.3, 'code', 'auto'), ('web', 'files', 0.7, 'web', 'auto'),
-      ('validation', 'files', 1.0, 'web', 'val')]
+    ('code', 'stdlib', 0.3, 'code', 'auto'),
+    ('web', 'files', 0.7, 'web', 'auto'),
+    ('validation', 'files', 1.0, 'web', 'val'),
+  ]
 
 
 def test_tfds_dataset_through_data_source():

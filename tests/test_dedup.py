@@ -1,4 +1,5 @@
 """Near-duplicate detection through the real stages, on planted pairs of known similarity."""
+
 import json
 import os
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from datatrove.data import Document
 
-from benchmarks.corpora import Prose, planted_pairs
+from jaxgpt.data.synthetic import Prose, planted_pairs
 from configs import base
 from jaxgpt.data import dedup
 
@@ -37,8 +38,9 @@ def pairs():
 
 def test_recall_and_false_positives_on_planted_pairs(pairs, tmp_path):
   # Originals in task 0, copies in task 1: the copy of a detected pair is removed.
-  removed = _removed(tmp_path, [[a for a, _, _ in pairs], [b for _, b, _ in pairs]],
-                     base.data_config().dedup)
+  removed = _removed(
+    tmp_path, [[a for a, _, _ in pairs], [b for _, b, _ in pairs]], base.data_config().dedup
+  )
   caught = np.array([(1, i) in removed for i in range(len(pairs))])
   similarity = np.array([j for _, _, j in pairs])
   high, low = similarity >= 0.8, similarity < 0.5

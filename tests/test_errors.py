@@ -1,4 +1,5 @@
 """Every input a user can get wrong gives one message naming the fix, before any compile."""
+
 import contextlib
 import os
 import subprocess
@@ -43,23 +44,28 @@ def test_non_utf8_file_errors_or_is_skipped_and_counted(corpus_dir, tmp_path):
   (bad_dir / 'latin1.txt').write_bytes('caf\xe9 au lait\n'.encode('latin-1') * 10)
   c = tiny_config(corpus_dir)
   c.data.paths = (str(corpus_dir), str(bad_dir))
-  _fails(c, tmp_path / 'a',
-         r'latin1.txt:1: not UTF-8 .*set --config.data.skip_bad_records=True')
+  _fails(c, tmp_path / 'a', r'latin1.txt:1: not UTF-8 .*set --config.data.skip_bad_records=True')
   c.data.skip_bad_records = True
   from jaxgpt.data import pipeline
+
   prepared = pipeline.prepare(c.data, str(tmp_path / 'b'))
   assert prepared.manifest['stages']['files']['bad_records'] == {'not UTF-8': 1}
   assert prepared.manifest['stages']['files']['bad_names'][0].startswith(
-      f"{bad_dir / 'latin1.txt'}:1: not UTF-8")
+    f'{bad_dir / "latin1.txt"}:1: not UTF-8'
+  )
 
 
 def test_empty_corpus_after_cleaning(corpus_dir, tmp_path):
   c = tiny_config(corpus_dir)
   c.data.clean.min_chars = 10_000_000
   c.data.clean.max_chars = 0
-  _fails(c, tmp_path, r"empty after cleaning \(read 40 documents; dropped: "
-                      r"\{'too_short': 40\}\); documents shorter than data.clean.min_chars "
-                      r'were dropped: lower it')
+  _fails(
+    c,
+    tmp_path,
+    r'empty after cleaning \(read 40 documents; dropped: '
+    r"\{'too_short': 40\}\); documents shorter than data.clean.min_chars "
+    r'were dropped: lower it',
+  )
 
 
 def test_mesh_that_does_not_divide_devices(corpus_dir, tmp_path):
@@ -88,39 +94,54 @@ def test_loss_chunks_out_of_range(corpus_dir, tmp_path, chunks):
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  return subprocess.run(
+    [sys.executable, 'run.py', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+  )
 
 
 def test_unknown_config_key(tmp_path):
-  proc = _run('--config=experiments/default.py', f'--workdir={tmp_path}',
-              '--config.train.stepz=5')
+  proc = _run('--config=experiments/default.py', f'--workdir={tmp_path}', '--config.train.stepz=5')
   assert proc.returncode == 2
   assert "'--config.train.stepz'" in proc.stderr and 'Did you mean "steps"' in proc.stderr
   assert 'Check its spelling against configs/base.py' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
 
-@pytest.mark.parametrize('flag, message', [
-    ('--config.data.skip_bad_records=maybe', "error: flag --config.data.skip_bad_records=maybe: "
-                                              "('Non-boolean argument to boolean flag'"),
-    ('--config.data.val_fraction=abc', 'error: flag --config.data.val_fraction=abc: could not '
-                                        'convert string to float'),
-])
+@pytest.mark.parametrize(
+  'flag, message',
+  [
+    (
+      '--config.data.skip_bad_records=maybe',
+      "error: flag --config.data.skip_bad_records=maybe: ('Non-boolean argument to boolean flag'",
+    ),
+    (
+      '--config.data.val_fraction=abc',
+      'error: flag --config.data.val_fraction=abc: could not convert string to float',
+    ),
+  ],
+)
 def test_a_config_value_of_the_wrong_type_is_named(tmp_path, flag, message):
   proc = _run('--config=experiments/default.py', f'--workdir={tmp_path}', flag)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message)
 
 
 def test_run_py_prints_user_errors_without_traceback(tmp_path):
-  proc = _run('--config=experiments/default.py', f'--workdir={tmp_path}',
-              '--config.mesh.shape.data=3')
+  proc = _run(
+    '--config=experiments/default.py', f'--workdir={tmp_path}', '--config.mesh.shape.data=3'
+  )
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh.shape=')
   assert 'Traceback' not in proc.stderr
 
 
-@pytest.mark.parametrize('field, value, match', [
+@pytest.mark.parametrize(
+  'field, value, match',
+  [
     ('profile', 'prose', r"data.profile='prose' \(files\): use 'web'"),
     ('prep.workers', -1, r'data.prep.workers=-1 is out of range'),
     ('tokenizer.sample_mb', 0, r'data.tokenizer.sample_mb=0 is out of range'),
@@ -128,15 +149,25 @@ def test_run_py_prints_user_errors_without_traceback(tmp_path):
     ('dedup.threshold', 1.5, r'data.dedup.threshold=1.5 is a Jaccard similarity'),
     ('clean.normalize', 'XYZ', r"data.clean.normalize='XYZ': use 'NFC'"),
     ('clean.gopher.min_words', -5, r'data.clean.gopher.min_words=-5 is out of range: use 0'),
-    ('clean.gopher.max_bullet_lines', 1.5, r'data.clean.gopher.max_bullet_lines=1.5 is out of '
-                                           r'range: use a share in \[0, 1\]'),
+    (
+      'clean.gopher.max_bullet_lines',
+      1.5,
+      r'data.clean.gopher.max_bullet_lines=1.5 is out of '
+      r'range: use a share in \[0, 1\]',
+    ),
     ('clean.c4.min_sentences', -3, r'data.clean.c4.min_sentences=-3 is out of range: use -1'),
-    ('clean.language.languages', ('english',), r"\['english'\] are not language codes "
-                                               r"fastText's lid.176 gives; use ISO 639 codes"),
+    (
+      'clean.language.languages',
+      ('english',),
+      r"\['english'\] are not language codes "
+      r"fastText's lid.176 gives; use ISO 639 codes",
+    ),
     ('prep.slurm.cpus_per_task', 0, r'data.prep.slurm.cpus_per_task=0 is out of range'),
-])
+  ],
+)
 def test_data_preparation_fields_out_of_range(corpus_dir, tmp_path, field, value, match):
   from jaxgpt.data import pipeline
+
   c = tiny_config(corpus_dir).data
   c.profile = 'web'  # the profile whose fields these are
   *parents, leaf = field.split('.')

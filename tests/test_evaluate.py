@@ -1,4 +1,5 @@
 """Evaluating checkpoints, on whatever mesh this machine has, long after training."""
+
 import json
 import os
 import subprocess
@@ -28,8 +29,9 @@ def trained_on_8(corpus_dir, tmp_path_factory):
 
 def test_checkpoint_from_8_devices_evaluates_on_1_and_on_8(corpus_dir, trained_on_8):
   workdir, trained = trained_on_8
-  on_one = inference.evaluate_checkpoint(_config(corpus_dir, 1, 1, 1), workdir,
-                                     devices=jax.devices()[:1])
+  on_one = inference.evaluate_checkpoint(
+    _config(corpus_dir, 1, 1, 1), workdir, devices=jax.devices()[:1]
+  )
   on_eight = inference.evaluate_checkpoint(_config(corpus_dir, 1, 8, 1), workdir)
   assert on_one['devices'] == 1 and on_eight['mesh'] == {'data': 1, 'fsdp': 8, 'tensor': 1}
   for result in (on_one, on_eight):
@@ -43,11 +45,22 @@ def test_checkpoint_from_8_devices_evaluates_on_1_and_on_8(corpus_dir, trained_o
 
 def _run_py(corpus_dir, workdir, devices, *flags):
   proc = subprocess.run(
-      [sys.executable, 'run.py', f'--config=tests/tiny_experiment.py:{corpus_dir}',
-       f'--workdir={workdir}', '--config.train.steps=4', '--config.train.eval_batches=0',
-       '--config.mesh.shape.data=-1', *flags],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': str(devices)})
+    [
+      sys.executable,
+      'run.py',
+      f'--config=tests/tiny_experiment.py:{corpus_dir}',
+      f'--workdir={workdir}',
+      '--config.train.steps=4',
+      '--config.train.eval_batches=0',
+      '--config.mesh.shape.data=-1',
+      *flags,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': str(devices)},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout
 
@@ -74,13 +87,14 @@ def test_an_earlier_step_and_a_missing_one(corpus_dir, trained_on_8):
 def test_run_py_eval_mode_on_another_device_count(corpus_dir, trained_on_8):
   workdir, trained = trained_on_8
   out = _run_py(corpus_dir, workdir, 2, '--mode=eval')
-  result = json.loads(out[out.index('{'):])
+  result = json.loads(out[out.index('{') :])
   assert result['devices'] == 2 and result['step'] == 4
   assert result['loss'] == pytest.approx(trained['loss'], abs=1e-5)
 
 
-def test_another_dataset_is_tokenized_aside_with_the_checkpoint_tokenizer(corpus_dir,
-                                                                          trained_on_8, tmp_path):
+def test_another_dataset_is_tokenized_aside_with_the_checkpoint_tokenizer(
+  corpus_dir, trained_on_8, tmp_path
+):
   workdir, _ = trained_on_8
   with open(os.path.join(workdir, 'data', 'manifest.json')) as f:
     before = json.load(f)

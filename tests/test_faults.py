@@ -1,4 +1,5 @@
 """Runs that survive faults: signals, non-finite losses, and resuming under another config."""
+
 import json
 import os
 import re
@@ -60,8 +61,10 @@ def test_resuming_under_another_config_is_refused(corpus_dir, tmp_path):
   _with_other_memory_knobs(changed)  # not a different run, so not named below
   with pytest.raises(UserError) as err:
     train.train_and_evaluate(changed, str(tmp_path))
-  assert 'holds a run with a different config (model.dropout: 0.0 -> 0.1; optim.lr: 0.002 ' \
-         "-> 0.005)" in str(err.value)
+  assert (
+    'holds a run with a different config (model.dropout: 0.0 -> 0.1; optim.lr: 0.002 '
+    '-> 0.005)' in str(err.value)
+  )
   assert '--config.train.allow_config_change=True' in str(err.value)
   changed.train.allow_config_change = True
   assert train.train_and_evaluate(changed, str(tmp_path))['step'] == 4
@@ -78,25 +81,34 @@ def test_resuming_with_other_memory_knobs_continues_the_run(corpus_dir, tmp_path
   whole = train.train_and_evaluate(tiny_config(corpus_dir, steps=4), str(tmp_path / 'whole'))
   resumed_dir = str(tmp_path / 'resumed')
   train.train_and_evaluate(tiny_config(corpus_dir, steps=4, run_steps=2), resumed_dir)
-  resumed = train.train_and_evaluate(_with_other_memory_knobs(tiny_config(corpus_dir, steps=4)),
-                                     resumed_dir)
+  resumed = train.train_and_evaluate(
+    _with_other_memory_knobs(tiny_config(corpus_dir, steps=4)), resumed_dir
+  )
   assert resumed['step'] == 4
   # The same run: remat, attention blocks, micro-batches and loss chunks change only rounding.
   np.testing.assert_allclose(resumed['loss'], whole['loss'], rtol=1e-4)
 
 
 def _run(corpus_dir, workdir, *flags):
-  return [sys.executable, 'run.py', f'--config=tests/tiny_experiment.py:{corpus_dir}',
-          f'--workdir={workdir}', '--config.train.steps=400', '--config.train.log_every=1',
-          '--config.train.checkpoint_every=1000', *flags]
+  return [
+    sys.executable,
+    'run.py',
+    f'--config=tests/tiny_experiment.py:{corpus_dir}',
+    f'--workdir={workdir}',
+    '--config.train.steps=400',
+    '--config.train.log_every=1',
+    '--config.train.checkpoint_every=1000',
+    *flags,
+  ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_and_exits_cleanly_then_resumes_exactly(corpus_dir, tmp_path, sig):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '1'}
-  proc = subprocess.Popen(_run(corpus_dir, tmp_path / 'stopped'), cwd=ROOT, env=env,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    _run(corpus_dir, tmp_path / 'stopped'), cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+  )
   lines = []
   for line in proc.stderr:  # wait until training is under way
     lines.append(line)
@@ -110,11 +122,22 @@ def test_signal_saves_and_exits_cleanly_then_resumes_exactly(corpus_dir, tmp_pat
   stopped_at = int(message.split('saved step ')[1].split()[0])
   assert os.path.isdir(tmp_path / 'stopped' / 'checkpoints' / str(stopped_at))
 
-  subprocess.run(_run(corpus_dir, tmp_path / 'stopped', '--config.train.run_steps=2'), cwd=ROOT,
-                 env=env, check=True, capture_output=True, timeout=300)
-  subprocess.run(_run(corpus_dir, tmp_path / 'straight',
-                      f'--config.train.run_steps={stopped_at + 2}'),
-                 cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+  subprocess.run(
+    _run(corpus_dir, tmp_path / 'stopped', '--config.train.run_steps=2'),
+    cwd=ROOT,
+    env=env,
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
+  subprocess.run(
+    _run(corpus_dir, tmp_path / 'straight', f'--config.train.run_steps={stopped_at + 2}'),
+    cwd=ROOT,
+    env=env,
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
   resumed, straight = _losses(tmp_path / 'stopped'), _losses(tmp_path / 'straight')
   assert max(resumed) == stopped_at + 2
   assert [resumed[k] for k in sorted(resumed)] == [straight[k] for k in sorted(straight)]
@@ -129,8 +152,9 @@ def test_sigkill_at_any_moment_resumes_from_a_complete_checkpoint(corpus_dir, tm
   flags = ['--config.train.steps=24', '--config.train.checkpoint_every=1']
   workdir = tmp_path / 'killed'
   for kill_after in (3, 7, 12):  # training-progress lines seen before the kill
-    proc = subprocess.Popen(_run(corpus_dir, workdir, *flags), cwd=ROOT, env=env,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+      _run(corpus_dir, workdir, *flags), cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
     seen = 0
     for line in proc.stderr:
       seen += ' | loss ' in line
@@ -138,11 +162,23 @@ def test_sigkill_at_any_moment_resumes_from_a_complete_checkpoint(corpus_dir, tm
         break
     proc.kill()
     proc.wait(timeout=60)
-  done = subprocess.run(_run(corpus_dir, workdir, *flags), cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    _run(corpus_dir, workdir, *flags),
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
-  subprocess.run(_run(corpus_dir, tmp_path / 'straight', *flags), cwd=ROOT, env=env, check=True,
-                 capture_output=True, timeout=300)
+  subprocess.run(
+    _run(corpus_dir, tmp_path / 'straight', *flags),
+    cwd=ROOT,
+    env=env,
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
   killed, straight = _losses(workdir), _losses(tmp_path / 'straight')
   assert sorted(killed) == list(range(1, 25))
   # metrics.jsonl may repeat steps that ran again after a kill; the last record of each

@@ -1,4 +1,5 @@
 """Fine-tuning a tiny pretrained run: classification, instructions, LoRA export, resume."""
+
 import ast
 import json
 import os
@@ -58,7 +59,7 @@ def test_lora_classifier_reaches_95_percent_and_reports_each_split(base_run, tmp
     assert json.load(f) == ['neg', 'pos']
   # Only the adapters and the head were saved: the checkpoint is the fine-tune's own.
   with open(os.path.join(workdir, 'checkpoints', '100', 'state', '_METADATA')) as f:
-    paths = [ast.literal_eval(k) for k in json.load(f)["tree_metadata"]]
+    paths = [ast.literal_eval(k) for k in json.load(f)['tree_metadata']]
   params = [p[1:] for p in paths if p[0] == 'params']
   assert params and all(p[-1] in ('lora_a', 'lora_b') or p[0] == 'head' for p in params)
   assert ('head', 'kernel') in params
@@ -89,8 +90,16 @@ def test_fine_tunes_agree_across_meshes_and_resume_exactly(base_run, tmp_path):
 def test_instruction_lora_run_writes_responses_and_exports_a_merged_model(base_run, tmp_path):
   data = write_instruction_data(tmp_path / 'alpaca.jsonl')
   workdir = str(tmp_path / 'run')
-  c = _config('instruct', base_run, data, 12, packed=True, num_generate=4,
-              prompt_template='{instruction}: {input}\n', prompt_template_no_input='{instruction}\n')
+  c = _config(
+    'instruct',
+    base_run,
+    data,
+    12,
+    packed=True,
+    num_generate=4,
+    prompt_template='{instruction}: {input}\n',
+    prompt_template_no_input='{instruction}\n',
+  )
   c.eval.sample_tokens = 6
   result = finetune.train_and_evaluate(c, workdir)
   assert result['responses'] == 4 and np.isfinite(result['val']['loss'])
@@ -123,21 +132,41 @@ def test_run_py_trains_and_predicts_a_classifier(base_run, tmp_path):
   data = write_classification_data(tmp_path / 'd.jsonl')
   texts = tmp_path / 'new.txt'
   texts.write_text('alpha beta\nkey size limit\n')
-  common = [sys.executable, 'run.py', '--config=experiments/finetune_classify.py',
-            f'--workdir={tmp_path / "run"}', f'--config.finetune.base_workdir={base_run}',
-            f'--config.finetune.train_path={data}', '--config.train.steps=60',
-            '--config.train.peak_flops=1e9', '--config.optim.lr=0.003']
+  common = [
+    sys.executable,
+    'run.py',
+    '--config=experiments/finetune_classify.py',
+    f'--workdir={tmp_path / "run"}',
+    f'--config.finetune.base_workdir={base_run}',
+    f'--config.finetune.train_path={data}',
+    '--config.train.steps=60',
+    '--config.train.peak_flops=1e9',
+    '--config.optim.lr=0.003',
+  ]
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '2'}
   proc = subprocess.run(common, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'test: accuracy' in proc.stderr
-  proc = subprocess.run(common + ['--mode=predict', f'--input_file={texts}'], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300, env=env)
+  proc = subprocess.run(
+    common + ['--mode=predict', f'--input_file={texts}'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   labels = [json.loads(line)['label'] for line in proc.stdout.splitlines() if line.startswith('{')]
   assert labels == ['pos', 'neg']
-  fresh = [f'--workdir={tmp_path / "new"}' if a.startswith('--workdir=') else a
-           for a in common[:-3]]
-  bad = subprocess.run(fresh + ['--config.finetune.train_path=/nonexistent.jsonl'],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  fresh = [
+    f'--workdir={tmp_path / "new"}' if a.startswith('--workdir=') else a for a in common[:-3]
+  ]
+  bad = subprocess.run(
+    fresh + ['--config.finetune.train_path=/nonexistent.jsonl'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+  )
   assert bad.returncode == 2 and 'data file /nonexistent.jsonl does not exist' in bad.stderr

@@ -1,4 +1,5 @@
 """Fine-tuning data: file formats, the messages bad data get, and the SFT batches' masks."""
+
 import json
 
 import flax.linen as nn
@@ -15,6 +16,7 @@ from jaxgpt.errors import UserError
 
 class _Tokenizer:
   """Bytes as ids (3 + byte): enough to check masks and lengths without SentencePiece."""
+
   pad_id, eod_id = 0, 2
 
   def encode(self, text):
@@ -30,31 +32,53 @@ def _fc(task='instruct', **kw):
 def test_csv_tsv_jsonl_and_json_read_alike(tmp_path):
   (tmp_path / 'a.csv').write_text('text,label\n"hello, world",pos\nbye,neg\n')
   (tmp_path / 'a.tsv').write_text('text\tlabel\nhello, world\tpos\nbye\tneg\n')
-  (tmp_path / 'a.jsonl').write_text('{"text": "hello, world", "label": "pos"}\n\n'
-                                    '{"text": "bye", "label": "neg"}\n')
-  (tmp_path / 'a.json').write_text(json.dumps([{'text': 'hello, world', 'label': 'pos'},
-                                               {'text': 'bye', 'label': 'neg'}]))
+  (tmp_path / 'a.jsonl').write_text(
+    '{"text": "hello, world", "label": "pos"}\n\n{"text": "bye", "label": "neg"}\n'
+  )
+  (tmp_path / 'a.json').write_text(
+    json.dumps([{'text': 'hello, world', 'label': 'pos'}, {'text': 'bye', 'label': 'neg'}])
+  )
   for ext in ('csv', 'tsv', 'jsonl', 'json'):
     records = fdata.read_records(str(tmp_path / f'a.{ext}'))
     assert [(r.fields['text'], r.fields['label']) for r in records] == [
-        ('hello, world', 'pos'), ('bye', 'neg')], ext
+      ('hello, world', 'pos'),
+      ('bye', 'neg'),
+    ], ext
   assert fdata.read_records(str(tmp_path / 'a.jsonl'))[1].where.endswith('a.jsonl:3')
 
 
-@pytest.mark.parametrize('task, name, content, message', [
+@pytest.mark.parametrize(
+  'task, name, content, message',
+  [
     ('classify', 'm.csv', 'text,tag\nhi,pos\n', r"m.csv:2: missing column/field 'label'"),
-    ('classify', 'v.jsonl', '{"text": "a", "label": "pos"}\n{"text": "b", "label": "maybe"}\n',
-     r"v.jsonl:2: label 'maybe' is not among the training labels \['neg', 'pos'\]"),
-    ('instruct', 'o.jsonl',
-     '{"instruction": "say hi", "output": "hi"}\n{"instruction": "x", "output": " "}\n',
-     r"o.jsonl:2: field 'output' is empty"),
-    ('instruct', 'j.jsonl', '{"instruction": "say hi", "output": "hi"}\n{"instruction": "x", \n',
-     r'j.jsonl:2 is not JSON'),
-    ('instruct', 'l.json', '[{"instruction": "a", "output": "b"},\n {"instruction": }]',
-     r'l.json:2 is not JSON'),
+    (
+      'classify',
+      'v.jsonl',
+      '{"text": "a", "label": "pos"}\n{"text": "b", "label": "maybe"}\n',
+      r"v.jsonl:2: label 'maybe' is not among the training labels \['neg', 'pos'\]",
+    ),
+    (
+      'instruct',
+      'o.jsonl',
+      '{"instruction": "say hi", "output": "hi"}\n{"instruction": "x", "output": " "}\n',
+      r"o.jsonl:2: field 'output' is empty",
+    ),
+    (
+      'instruct',
+      'j.jsonl',
+      '{"instruction": "say hi", "output": "hi"}\n{"instruction": "x", \n',
+      r'j.jsonl:2 is not JSON',
+    ),
+    (
+      'instruct',
+      'l.json',
+      '[{"instruction": "a", "output": "b"},\n {"instruction": }]',
+      r'l.json:2 is not JSON',
+    ),
     ('classify', 'b.csv', b'text,label\n\xff\xfe,pos\n', r'b.csv is not UTF-8'),
     ('classify', 'x.xml', '<a/>', r'x.xml: use a .csv, .tsv, .jsonl or .json file'),
-])
+  ],
+)
 def test_bad_data_is_named_by_file_and_line(tmp_path, task, name, content, message):
   path = tmp_path / name
   path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -70,9 +94,16 @@ def test_bad_data_is_named_by_file_and_line(tmp_path, task, name, content, messa
 
 def _instruction_arrays(packed, seq_len=40):
   fc = _fc(prompt_template='{instruction}|{input}>', prompt_template_no_input='{instruction}>')
-  records = [fdata.Record(f'f:{i}', r) for i, r in enumerate([
-      {'instruction': 'ab', 'output': 'xyz'}, {'instruction': 'cd', 'input': 'e', 'output': 'w'},
-      {'instruction': 'fgh', 'input': '', 'output': 'uv'}])]
+  records = [
+    fdata.Record(f'f:{i}', r)
+    for i, r in enumerate(
+      [
+        {'instruction': 'ab', 'output': 'xyz'},
+        {'instruction': 'cd', 'input': 'e', 'output': 'w'},
+        {'instruction': 'fgh', 'input': '', 'output': 'uv'},
+      ]
+    )
+  ]
   examples = fdata.instruction_examples(records, _Tokenizer(), fc)
   return examples, fdata.encode_instructions(examples, seq_len, 0, packed)
 
@@ -81,17 +112,23 @@ def test_a_label_that_the_hash_split_kept_from_training_says_so(tmp_path):
   fc = _fc('classify', val_fraction=0.2, test_fraction=0.0)
   records = [{'text': f'common {i}', 'label': 'pos' if i % 2 else 'neg'} for i in range(40)]
   key = lambda r: json.dumps(r, sort_keys=True)
-  rare = next({'text': f'rare {i}', 'label': 'rare'} for i in range(1000)
-              if fdata._hash_split(key({'text': f'rare {i}', 'label': 'rare'}), 0.2, 0.0) == 'val')
+  rare = next(
+    {'text': f'rare {i}', 'label': 'rare'}
+    for i in range(1000)
+    if fdata._hash_split(key({'text': f'rare {i}', 'label': 'rare'}), 0.2, 0.0) == 'val'
+  )
   path = tmp_path / 'data.jsonl'
   path.write_text(''.join(json.dumps(r) + '\n' for r in records + [rare]))
   fc.train_path = str(path)
   splits = fdata.split_records(fc, fc.text_field)
   labels = fdata.label_names(splits['train'], fc.label_field)
   assert labels == ['neg', 'pos']
-  with pytest.raises(UserError, match=r"label 'rare' occurs only in records that the hash split "
-                                      r'of finetune.train_path put in the val part.*'
-                                      r'finetune.val_path'):
+  with pytest.raises(
+    UserError,
+    match=r"label 'rare' occurs only in records that the hash split "
+    r'of finetune.train_path put in the val part.*'
+    r'finetune.val_path',
+  ):
     fdata.encode_classification(splits['val'], _Tokenizer(), labels, 16, fc, 'val')
 
 
@@ -99,17 +136,17 @@ def test_loss_counts_response_tokens_and_the_end_of_document_only():
   examples, arrays = _instruction_arrays(packed=False)
   assert [p for p, _ in examples][1] == _Tokenizer().encode('cd|e>')
   assert [p for p, _ in examples][2] == _Tokenizer().encode('fgh>')  # empty input: no input
-  for (prompt, response), targets, weights in zip(examples, arrays['targets'],
-                                                  arrays['weights']):
+  for (prompt, response), targets, weights in zip(examples, arrays['targets'], arrays['weights']):
     assert response[-1] == _Tokenizer.eod_id
     n = len(prompt) + len(response) - 1
     assert list(targets[weights > 0]) == response  # exactly the response and its end
-    assert weights[n:].sum() == 0 and weights[:len(prompt) - 1].sum() == 0
+    assert weights[n:].sum() == 0 and weights[: len(prompt) - 1].sum() == 0
 
 
 def test_prompt_targets_do_not_change_the_loss_and_packing_does_not_either():
-  cfg = model_lib.ModelConfig(vocab_size=260, seq_len=40, num_layers=2, num_heads=2, d_model=16,
-                              mlp_dim=32, attention_block=8)
+  cfg = model_lib.ModelConfig(
+    vocab_size=260, seq_len=40, num_layers=2, num_heads=2, d_model=16, mlp_dim=32, attention_block=8
+  )
   model = model_lib.Transformer(cfg)
   params = nn.unbox(train.init_params(model, jax.random.key(0)))
   _, padded = _instruction_arrays(packed=False)

@@ -1,4 +1,5 @@
 """KV-cache decoding: the cached path against the full forward pass, and sampling."""
+
 import dataclasses
 
 import flax.linen as nn
@@ -10,8 +11,9 @@ import pytest
 from jaxgpt import generate
 from jaxgpt import model as model_lib
 
-CFG = model_lib.ModelConfig(vocab_size=96, seq_len=24, num_layers=2, num_heads=4, d_model=32,
-                            mlp_dim=64, attention_block=8)
+CFG = model_lib.ModelConfig(
+  vocab_size=96, seq_len=24, num_layers=2, num_heads=4, d_model=32, mlp_dim=64, attention_block=8
+)
 EOD, PAD = 2, 0
 
 
@@ -21,8 +23,10 @@ def _init(cfg):
   return m, jax.device_put(params)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'scan_layers': True, 'remat': 'full'},
-                                       {'use_bias': False, 'tie_embeddings': False}])
+@pytest.mark.parametrize(
+  'overrides',
+  [{}, {'scan_layers': True, 'remat': 'full'}, {'use_bias': False, 'tie_embeddings': False}],
+)
 def test_cached_logits_equal_full_forward_at_every_position(overrides):
   cfg = dataclasses.replace(CFG, **overrides)
   m, params = _init(cfg)
@@ -36,8 +40,12 @@ def test_cached_logits_equal_full_forward_at_every_position(overrides):
   lengths = prompt_lengths.copy()
   while lengths.min() < cfg.seq_len:  # then one token at a time, all rows together
     step_tokens = tokens[np.arange(3), np.minimum(lengths, cfg.seq_len - 1)][:, None]
-    logits, cache = m.apply({'params': params}, step_tokens, cache=cache,
-                            lengths_B=jnp.asarray(np.minimum(lengths, cfg.seq_len - 1)))
+    logits, cache = m.apply(
+      {'params': params},
+      step_tokens,
+      cache=cache,
+      lengths_B=jnp.asarray(np.minimum(lengths, cfg.seq_len - 1)),
+    )
     for b in np.flatnonzero(lengths < cfg.seq_len):
       cached[b].append(logits[b, 0])
     lengths += 1
@@ -54,9 +62,14 @@ def _generator(s: generate.Sampling, eod=EOD):
 PROMPTS = [[5, 6, 7], [9] * 11, [4], list(range(10, 17))]
 
 
-@pytest.mark.parametrize('s', [generate.Sampling(10, temperature=0.0),
-                               generate.Sampling(12, 1.0, top_k=20, top_p=0.9, seed=3),
-                               generate.Sampling(9, 0.7, top_p=0.5, seed=1)])
+@pytest.mark.parametrize(
+  's',
+  [
+    generate.Sampling(10, temperature=0.0),
+    generate.Sampling(12, 1.0, top_k=20, top_p=0.9, seed=3),
+    generate.Sampling(9, 0.7, top_p=0.5, seed=1),
+  ],
+)
 def test_cached_and_uncached_decoding_draw_the_same_tokens(s):
   gen = _generator(s)
   cached = gen.generate(PROMPTS)
@@ -79,8 +92,9 @@ def test_top_k_and_top_p_keep_only_the_allowed_tokens():
   np.testing.assert_array_equal(kept(0, 0.8), [[1, 1, 1, 0, 0], [0, 1, 0, 0, 0]])
   np.testing.assert_array_equal(kept(2, 0.8), [[1, 1, 0, 0, 0], [0, 1, 0, 0, 0]])
   s = generate.Sampling(temperature=1.0, top_k=3, top_p=0.6)
-  draws = np.concatenate([np.asarray(generate.sample_logits(logits, jax.random.key(i), s))
-                          for i in range(200)]).reshape(200, 2)
+  draws = np.concatenate(
+    [np.asarray(generate.sample_logits(logits, jax.random.key(i), s)) for i in range(200)]
+  ).reshape(200, 2)
   assert set(draws[:, 0]) == {0, 1} and set(draws[:, 1]) == {1}
 
 

@@ -1,5 +1,6 @@
 """run.py and the benchmarks re-execute themselves with glibc's huge-page tunable, which
 removes most of the page faults of XLA:CPU's fresh temporaries."""
+
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs a jitted function whose 64 MiB output is allocated afresh on every call, and
 # reports the page faults of the last calls, the tunables it saw and its arguments.
-_PROBE = '''
+_PROBE = """
 import json, os, resource, sys
 from jaxgpt import hugepages
 hugepages.ensure()
@@ -28,14 +29,20 @@ for _ in range(4):
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(json.dumps({'faults': faults, 'tunables': os.environ.get('GLIBC_TUNABLES', ''),
                   'argv': sys.argv[1:]}))
-'''
+"""
 
 
 def _probe(**env):
   full_env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
   full_env.update(JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, **env)
-  out = subprocess.run([sys.executable, '-c', _PROBE, 'first', '--second=2'], env=full_env,
-                       capture_output=True, text=True, check=True, cwd=ROOT)
+  out = subprocess.run(
+    [sys.executable, '-c', _PROBE, 'first', '--second=2'],
+    env=full_env,
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=ROOT,
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

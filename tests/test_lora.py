@@ -1,4 +1,5 @@
 """Which params train, LoRA's parameter count, and adapters merged into plain kernels."""
+
 import dataclasses
 
 import flax.linen as nn
@@ -12,8 +13,9 @@ from jaxgpt import model as model_lib
 from jaxgpt.errors import UserError
 from tests.helpers import tiny_config
 
-CFG = model_lib.ModelConfig(vocab_size=64, seq_len=16, num_layers=3, num_heads=2, d_model=16,
-                            mlp_dim=48, lora_rank=4)
+CFG = model_lib.ModelConfig(
+  vocab_size=64, seq_len=16, num_layers=3, num_heads=2, d_model=16, mlp_dim=48, lora_rank=4
+)
 
 
 def _params(cfg, model=None):
@@ -21,13 +23,25 @@ def _params(cfg, model=None):
   params = nn.unbox(train.init_params(model, jax.random.key(0)))
   # Non-zero B matrices, so that the adapters change the logits.
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: x + 0.05 * jax.random.normal(jax.random.key(len(path)), x.shape)
-      if path[-1].key == 'lora_b' else x, params)
+    lambda path, x: (
+      x + 0.05 * jax.random.normal(jax.random.key(len(path)), x.shape)
+      if path[-1].key == 'lora_b'
+      else x
+    ),
+    params,
+  )
 
 
-@pytest.mark.parametrize('overrides', [
-    {}, {'lora_targets': ('qkv',)}, {'lora_targets': ('out', 'fc_out'), 'lora_rank': 2},
-    {'scan_layers': True}, {'mlp_dim': 40, 'lora_rank': 8}])
+@pytest.mark.parametrize(
+  'overrides',
+  [
+    {},
+    {'lora_targets': ('qkv',)},
+    {'lora_targets': ('out', 'fc_out'), 'lora_rank': 2},
+    {'scan_layers': True},
+    {'mlp_dim': 40, 'lora_rank': 8},
+  ],
+)
 def test_trainable_count_matches_the_closed_form(overrides):
   cfg = dataclasses.replace(CFG, **overrides)
   trainable, frozen = lora.split(_params(cfg), lora.predicate('lora', cfg))
@@ -46,9 +60,11 @@ def test_merged_logits_equal_adapter_logits(scan):
   adapted = model_lib.Transformer(cfg).apply({'params': params}, tokens)
   plain_cfg = dataclasses.replace(cfg, lora_rank=0)
   merged = model_lib.Transformer(plain_cfg).apply(
-      {'params': lora.merge_adapters(params, cfg)}, tokens)
+    {'params': lora.merge_adapters(params, cfg)}, tokens
+  )
   base = model_lib.Transformer(plain_cfg).apply(
-      {'params': lora.merge_adapters(jax.tree.map(jnp.zeros_like, params), cfg)}, tokens)
+    {'params': lora.merge_adapters(jax.tree.map(jnp.zeros_like, params), cfg)}, tokens
+  )
   np.testing.assert_allclose(merged, adapted, atol=1e-5, rtol=0)
   assert not np.allclose(base, adapted, atol=1e-3)  # the adapters did change the model
 
@@ -57,6 +73,7 @@ def test_each_choice_trains_the_params_it_names():
   cfg = dataclasses.replace(CFG, lora_rank=0)
   classifier = model_lib.Classifier(cfg, 3)
   params = _params(cfg, classifier)
+
   def paths(choice, **kw):
     trainable, _ = lora.split(params, lora.predicate(choice, cfg, prefix=('backbone',), **kw))
     return sorted('/'.join(p) for p in _flat(trainable))
@@ -74,6 +91,7 @@ def test_each_choice_trains_the_params_it_names():
 
 def _flat(tree):
   from flax import traverse_util
+
   return list(traverse_util.flatten_dict(tree))
 
 
@@ -92,12 +110,19 @@ def test_only_trainable_params_get_gradients_and_optimizer_state(corpus_dir):
   s.frozen = jax.device_put(s.frozen, s.frozen_shardings)
   before = jax.device_get(trainable)
   with s.context():
-    state = jax.jit(lambda p: train.TrainState(jnp.int32(0), p, s.tx.init(p)),
-                    out_shardings=s.state_shardings)(trainable)
+    state = jax.jit(
+      lambda p: train.TrainState(jnp.int32(0), p, s.tx.init(p)), out_shardings=s.state_shardings
+    )(trainable)
     step = train.jit_train_step(s, config)
     tokens = np.random.default_rng(0).integers(3, 64, (8, cfg.seq_len + 1)).astype(np.int32)
-    batch = sharding.global_batch({'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-                                   'weights': np.ones((8, cfg.seq_len), np.float32)}, mesh)
+    batch = sharding.global_batch(
+      {
+        'inputs': tokens[:, :-1],
+        'targets': tokens[:, 1:],
+        'weights': np.ones((8, cfg.seq_len), np.float32),
+      },
+      mesh,
+    )
     for _ in range(2):  # the first step's learning rate is 0 (warmup)
       state, metrics = step(state, batch)
   assert np.isfinite(float(metrics['loss']))

@@ -1,11 +1,12 @@
 """The chunked next-token loss: the plain loss's value and gradients, without whole logits."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from benchmarks.common import random_batch
+from jaxgpt.data.synthetic import random_batch
 from jaxgpt import evaluate
 from jaxgpt import loss
 from jaxgpt import model as model_lib
@@ -80,8 +81,9 @@ def _setup(corpus_dir, chunks):
 
 def _eval_step(s):
   with s.context():
-    return evaluate.make_jitted_eval_step(s.model, s.state_shardings.params,
-                                          sharding.batch_sharding(s.mesh))
+    return evaluate.make_jitted_eval_step(
+      s.model, s.state_shardings.params, sharding.batch_sharding(s.mesh)
+    )
 
 
 # With an 8k vocabulary the (B, L, V) logits are the step's largest arrays: 16 MiB here.
@@ -89,8 +91,9 @@ LOGITS_BYTES = 8 * 64 * 8192 * 4
 
 
 def test_chunks_shrink_the_steps_memory(corpus_dir):
-  temp = lambda chunks: plan.compile_train_step(
-      *_setup(corpus_dir, chunks)).memory_analysis().temp_size_in_bytes
+  temp = lambda chunks: (
+    plan.compile_train_step(*_setup(corpus_dir, chunks)).memory_analysis().temp_size_in_bytes
+  )
   one, eight = temp(1), temp(8)
   assert one - eight > LOGITS_BYTES, (one, eight)
 
@@ -102,13 +105,14 @@ def test_evaluation_takes_the_chunked_loss(corpus_dir):
   temps = {}
   for chunks in (1, 8):
     c, s = _setup(corpus_dir, chunks)
-    batch = random_batch(c, 8192)
+    batch = random_batch(c.train.batch_size, c.model.seq_len, 8192)
     params = s.init_state(0).params
     step = _eval_step(s)
     with s.context():
       got = step(params, batch, byte_table_V)
-      temps[chunks] = step.lower(params, batch, byte_table_V).compile().memory_analysis() \
-          .temp_size_in_bytes
+      temps[chunks] = (
+        step.lower(params, batch, byte_table_V).compile().memory_analysis().temp_size_in_bytes
+      )
     logits_BxLxV = s.model.apply({'params': params}, batch['inputs'])
     want = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch['targets']).sum()
     np.testing.assert_allclose(got['nll'], want, rtol=1e-5)

@@ -10,8 +10,9 @@ from jaxgpt import model as model_lib
 from jaxgpt.errors import UserError
 from experiments import default
 
-CFG = model_lib.ModelConfig(vocab_size=128, seq_len=16, num_layers=2, num_heads=4, d_model=32,
-                            mlp_dim=64)
+CFG = model_lib.ModelConfig(
+  vocab_size=128, seq_len=16, num_layers=2, num_heads=4, d_model=32, mlp_dim=64
+)
 
 
 def _init(cfg, batch=2):
@@ -27,16 +28,22 @@ def test_future_tokens_never_change_earlier_logits(attention_block):
   m, params, tokens = _init(cfg)
   base = m.apply({'params': params}, tokens)
   for t in (0, 5, cfg.seq_len - 2):
-    changed = tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 7) % cfg.vocab_size)
+    changed = tokens.at[:, t + 1 :].set((tokens[:, t + 1 :] + 7) % cfg.vocab_size)
     out = m.apply({'params': params}, changed)
-    np.testing.assert_array_equal(out[:, :t + 1], base[:, :t + 1])
-    assert not np.allclose(out[:, t + 1:], base[:, t + 1:])
+    np.testing.assert_array_equal(out[:, : t + 1], base[:, : t + 1])
+    assert not np.allclose(out[:, t + 1 :], base[:, t + 1 :])
 
 
-@pytest.mark.parametrize('overrides', [
-    {}, {'use_bias': False}, {'tie_embeddings': False}, {'scan_layers': True},
+@pytest.mark.parametrize(
+  'overrides',
+  [
+    {},
+    {'use_bias': False},
+    {'tie_embeddings': False},
+    {'scan_layers': True},
     {'num_layers': 3, 'd_model': 48, 'num_heads': 6, 'mlp_dim': 80},
-])
+  ],
+)
 def test_param_count_matches_closed_form(overrides):
   cfg = dataclasses.replace(CFG, **overrides)
   _, params, _ = _init(cfg)
@@ -53,8 +60,12 @@ def test_default_experiment_param_count():
 def test_query_blocked_attention_equals_full():
   m_full, params, tokens = _init(CFG)
   m_blocked = model_lib.Transformer(dataclasses.replace(CFG, attention_block=4))
-  np.testing.assert_allclose(m_blocked.apply({'params': params}, tokens),
-                             m_full.apply({'params': params}, tokens), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    m_blocked.apply({'params': params}, tokens),
+    m_full.apply({'params': params}, tokens),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 @pytest.mark.parametrize('remat', ['full', 'dots', 'dots_no_batch'])
@@ -72,8 +83,12 @@ def test_scan_layers_matches_unrolled_blocks():
   blocks = [params[f'block_{i}'] for i in range(CFG.num_layers)]
   scanned = {k: v for k, v in params.items() if not k.startswith('block_')}
   scanned['blocks'] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
-  np.testing.assert_allclose(m_scan.apply({'params': scanned}, tokens),
-                             m.apply({'params': params}, tokens), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    m_scan.apply({'params': scanned}, tokens),
+    m.apply({'params': params}, tokens),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 def test_dropout_only_when_not_deterministic():
@@ -92,15 +107,18 @@ def test_params_and_activations_carry_logical_names():
   names = nn.get_partition_spec(boxed)
   assert names['tok_embed'] == jax.sharding.PartitionSpec('vocab', 'embed')
   assert names['block_0']['attn']['qkv']['kernel'] == jax.sharding.PartitionSpec(
-      'embed', 'heads', None, 'head_dim')
+    'embed', 'heads', None, 'head_dim'
+  )
   assert names['block_0']['attn']['out']['kernel'] == jax.sharding.PartitionSpec(
-      'heads', 'head_dim', 'embed')
+    'heads', 'head_dim', 'embed'
+  )
   assert names['block_0']['mlp']['fc_in']['kernel'] == jax.sharding.PartitionSpec('embed', 'mlp')
   assert names['block_0']['mlp']['fc_out']['kernel'] == jax.sharding.PartitionSpec('mlp', 'embed')
   scanned = model_lib.Transformer(dataclasses.replace(CFG, scan_layers=True))
   boxed = scanned.init(jax.random.key(0), jnp.zeros((1, CFG.seq_len), jnp.int32))['params']
-  assert nn.get_partition_spec(boxed)['blocks']['mlp']['fc_in']['kernel'] == \
-      jax.sharding.PartitionSpec('layers', 'embed', 'mlp')
+  assert nn.get_partition_spec(boxed)['blocks']['mlp']['fc_in'][
+    'kernel'
+  ] == jax.sharding.PartitionSpec('layers', 'embed', 'mlp')
 
 
 def test_heads_must_divide_width():

@@ -1,4 +1,5 @@
 """Two processes on localhost, 4 CPU devices each, train like one process with 8."""
+
 import json
 import os
 import socket
@@ -18,15 +19,27 @@ def _free_port():
 
 
 def _command(corpus_dir, workdir, *extra):
-  return [sys.executable, 'run.py', f'--config=tests/tiny_experiment.py:{corpus_dir}',
-          f'--workdir={workdir}', '--config.train.steps=3', '--config.train.checkpoint_every=2',
-          '--config.mesh.shape.data=2', '--config.mesh.shape.fsdp=2',
-          '--config.mesh.shape.tensor=2', *extra]
+  return [
+    sys.executable,
+    'run.py',
+    f'--config=tests/tiny_experiment.py:{corpus_dir}',
+    f'--workdir={workdir}',
+    '--config.train.steps=3',
+    '--config.train.checkpoint_every=2',
+    '--config.mesh.shape.data=2',
+    '--config.mesh.shape.fsdp=2',
+    '--config.mesh.shape.tensor=2',
+    *extra,
+  ]
 
 
 def _env(devices):
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': str(devices),
-          'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo'}
+  return {
+    **os.environ,
+    'JAX_PLATFORMS': 'cpu',
+    'JAX_NUM_CPU_DEVICES': str(devices),
+    'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo',
+  }
 
 
 def _records(workdir):
@@ -36,16 +49,34 @@ def _records(workdir):
 
 @pytest.mark.slow
 def test_two_processes_match_one(corpus_dir, tmp_path):
-  one = subprocess.run(_command(corpus_dir, tmp_path / 'one'), cwd=ROOT, env=_env(8),
-                       capture_output=True, text=True, timeout=300)
+  one = subprocess.run(
+    _command(corpus_dir, tmp_path / 'one'),
+    cwd=ROOT,
+    env=_env(8),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert one.returncode == 0, one.stderr[-3000:]
 
   port = _free_port()
-  procs = [subprocess.Popen(
-      _command(corpus_dir, tmp_path / 'two', f'--coordinator=127.0.0.1:{port}',
-               '--num_processes=2', f'--process_id={i}'),
-      cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      _command(
+        corpus_dir,
+        tmp_path / 'two',
+        f'--coordinator=127.0.0.1:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ),
+      cwd=ROOT,
+      env=_env(4),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]

@@ -18,9 +18,14 @@ def test_warmup_then_cosine_to_min_lr():
 
 
 def test_weight_decay_skips_norms_biases_and_embeddings():
-  params = {'tok_embed': jnp.ones((4, 2)), 'pos_embed': jnp.ones((3, 2)),
-            'block_0': {'ln_attn': {'scale': jnp.ones(2), 'bias': jnp.ones(2)},
-                        'mlp': {'fc_in': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}}}
+  params = {
+    'tok_embed': jnp.ones((4, 2)),
+    'pos_embed': jnp.ones((3, 2)),
+    'block_0': {
+      'ln_attn': {'scale': jnp.ones(2), 'bias': jnp.ones(2)},
+      'mlp': {'fc_in': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}},
+    },
+  }
   mask = optim.decay_mask(params)
   assert mask['block_0']['mlp']['fc_in'] == {'kernel': True, 'bias': False}
   assert not mask['tok_embed'] and not mask['pos_embed']

@@ -1,4 +1,5 @@
 """Tensor (Megatron) and fully-sharded (ZeRO-3) layouts, read off the compiled train step."""
+
 import re
 
 import jax
@@ -16,7 +17,7 @@ def _compiled(corpus_dir, tensor=1, fsdp=1, seq_len=64):
   c = tiny_config(corpus_dir)
   c.model.d_model, c.model.num_heads, c.model.seq_len = 64, 8, seq_len
   c.mesh.shape.data, c.mesh.shape.fsdp, c.mesh.shape.tensor = 1, fsdp, tensor
-  mesh = sharding.make_mesh(c.mesh, jax.devices()[:tensor * fsdp])
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[: tensor * fsdp])
   s = train.setup(c, model_lib.ModelConfig.from_config(c.model, VOCAB), mesh)
   return plan.compile_train_step(c, s)
 
@@ -32,8 +33,10 @@ def test_tensor_parallel_loss_never_gathers_logits(corpus_dir):
 
 
 def test_activation_memory_shrinks_as_tensor_grows(corpus_dir):
-  temps = [_compiled(corpus_dir, tensor=t, seq_len=128).memory_analysis().temp_size_in_bytes
-           for t in (1, 2, 4, 8)]
+  temps = [
+    _compiled(corpus_dir, tensor=t, seq_len=128).memory_analysis().temp_size_in_bytes
+    for t in (1, 2, 4, 8)
+  ]
   assert all(a > b for a, b in zip(temps, temps[1:])), temps
   assert temps[-1] < temps[0] / 3, temps
 

@@ -24,8 +24,9 @@ def prepared(corpus_dir, tmp_path_factory):
 
 
 def _tokens(prepared, split):
-  return np.concatenate([np.fromfile(s['path'], np.uint16)[s['start']:s['end']]
-                         for s in prepared.shards(split)])
+  return np.concatenate(
+    [np.fromfile(s['path'], np.uint16)[s['start'] : s['end']] for s in prepared.shards(split)]
+  )
 
 
 def test_store_manifest_and_card(prepared):
@@ -37,7 +38,7 @@ def test_store_manifest_and_card(prepared):
   train = _tokens(prepared, 'train')
   assert train.size == m['tokens']['train']
   assert (train == prepared.tokenizer.eod_id).sum() == m['documents']['train']
-  first_doc = prepared.tokenizer.decode(train[:np.argmax(train == prepared.tokenizer.eod_id)])
+  first_doc = prepared.tokenizer.decode(train[: np.argmax(train == prepared.tokenizer.eod_id)])
   assert first_doc.startswith('# module ')
   card = (pathlib.Path(prepared.directory) / 'card.md').read_text()
   assert '| read | 40 |' in card and '| files | train |' in card
@@ -52,8 +53,9 @@ def test_store_reopens_without_opening_the_sources(corpus_dir, tmp_path, monkeyp
   stamp = os.stat(first.shards('train')[0]['path']).st_mtime_ns
   opened = []
   real_open = builtins.open
-  monkeypatch.setattr(builtins, 'open', lambda f, *a, **k: opened.append(str(f)) or
-                      real_open(f, *a, **k))
+  monkeypatch.setattr(
+    builtins, 'open', lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k)
+  )
   start = time.time()
   again = pipeline.prepare(cfg, str(tmp_path))
   assert time.time() - start < 2
@@ -82,8 +84,10 @@ def test_windows_over_token_ranges(tmp_path):
   a, b = np.arange(100, dtype=np.uint16), np.arange(1000, 1050, dtype=np.uint16)
   a.tofile(tmp_path / 'a.bin')
   b.tofile(tmp_path / 'b.bin')
-  ranges = [{'path': str(tmp_path / 'a.bin'), 'start': 10, 'end': 100},
-            {'path': str(tmp_path / 'b.bin'), 'start': 0, 'end': 50}]
+  ranges = [
+    {'path': str(tmp_path / 'a.bin'), 'start': 10, 'end': 100},
+    {'path': str(tmp_path / 'b.bin'), 'start': 0, 'end': 50},
+  ]
   source = loader.TokenWindows(ranges, 16, np.uint16)
   assert len(source) == (89 // 16) + (49 // 16)  # windows never cross a shard
   np.testing.assert_array_equal(source[1]['inputs'], a[26:42])
@@ -172,8 +176,8 @@ def test_mixture_weights_are_realised_by_the_loader(tmp_path):
   with cfg.unlocked():
     for name, weight, n in (('a', 3.0, 20), ('b', 1.0, 40)):
       cfg.mixture[name] = base.source_config(
-          source='files', paths=(_mixture_corpus(tmp_path, name, n),), profile='code',
-          weight=weight)
+        source='files', paths=(_mixture_corpus(tmp_path, name, n),), profile='code', weight=weight
+      )
   prepared = pipeline.prepare(cfg, str(tmp_path / 'run'))
   assert prepared.manifest['mixture']['weights'] == {'a': 3.0, 'b': 1.0}
   assert prepared.manifest['documents']['train'] + prepared.manifest['documents']['val'] == 60
@@ -188,8 +192,7 @@ def test_mixture_weights_are_realised_by_the_loader(tmp_path):
   assert len(prepared.shards('train')) >= 2  # one per source at least
   parts = [_take(iter(loader.train_loader(prepared, 16, 8, 0, p, 2)), 3) for p in range(2)]
   for step in range(3):  # each process reads its rows of the same global batches
-    np.testing.assert_array_equal(np.concatenate([parts[0][step], parts[1][step]]),
-                                  batches[step])
+    np.testing.assert_array_equal(np.concatenate([parts[0][step], parts[1][step]]), batches[step])
 
 
 def _processes_naming(text: str) -> list[int]:
@@ -210,9 +213,10 @@ def test_a_killed_preparation_resumes_from_its_finished_tasks(corpus_dir, tmp_pa
   directory = tmp_path / 'run' / 'data'
   directory.mkdir(parents=True)
   (tmp_path / 'config.json').write_text(cfg.to_json())
-  proc = subprocess.Popen([sys.executable, '-m', 'jaxgpt.data.build', str(directory),
-                           str(tmp_path / 'config.json')],
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  proc = subprocess.Popen(
+    [sys.executable, '-m', 'jaxgpt.data.build', str(directory), str(tmp_path / 'config.json')],
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+  )
   completions = directory / 'logs' / 'curate' / 'completions'
   deadline = time.time() + 60
   while time.time() < deadline and len(list(completions.glob('*'))) < 5:

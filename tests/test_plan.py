@@ -33,7 +33,8 @@ def test_fsdp_shards_params_and_optimizer_state(corpus_dir):
   assert report['collectives']['all-gather']['count'] > 0  # params gathered for use
   assert 'all-gather' not in replicated['collectives']
   assert report['flops_per_device']['xla'] == pytest.approx(
-      report['flops_per_device']['model'], rel=0.25)
+    report['flops_per_device']['model'], rel=0.25
+  )
   # The loss's chunk loop is counted once; the table says so.
   assert "one pass of each loop: the loss's 8 chunks" in plan.table(report)
 
@@ -47,12 +48,13 @@ def test_does_not_fit_a_small_device(corpus_dir):
 def test_unknown_topology_names_the_choices(corpus_dir):
   with pytest.raises(UserError, match=r"unknown topology 'h100-8': use cpu:N or one of"):
     plan.plan(_config(corpus_dir), 'h100-8')
-  with pytest.raises(UserError, match=r"no v5e slice with 3 chips"):
+  with pytest.raises(UserError, match=r'no v5e slice with 3 chips'):
     plan.plan(_config(corpus_dir), 'v5e-3')
 
 
-@pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
-                    reason='the optional libtpu package is not installed')
+@pytest.mark.skipif(
+  importlib.util.find_spec('libtpu') is None, reason='the optional libtpu package is not installed'
+)
 def test_tpu_topology(corpus_dir):
   report = plan.plan(_config(corpus_dir, fsdp=8), 'v5e-8')
   assert report['devices'] == 8 and report['device_memory'] == 16 << 30 and report['fits']
@@ -62,28 +64,49 @@ def test_tpu_topology(corpus_dir):
 @pytest.mark.slow
 def test_run_py_plan_mode_prints_and_writes(tmp_path):
   proc = subprocess.run(
-      [sys.executable, 'run.py', '--config=experiments/default.py', f'--workdir={tmp_path}',
-       '--mode=plan', '--topology=cpu:8', '--config.mesh.shape.fsdp=2',
-       '--config.mesh.shape.tensor=2'], cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    [
+      sys.executable,
+      'run.py',
+      '--config=experiments/default.py',
+      f'--workdir={tmp_path}',
+      '--mode=plan',
+      '--topology=cpu:8',
+      '--config.mesh.shape.fsdp=2',
+      '--config.mesh.shape.tensor=2',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in proc.stdout
   assert 'temporaries / device' in proc.stdout and 'all-reduce' in proc.stdout
   assert (tmp_path / 'plan-cpu8.json').exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec('libtpu') is not None,
-                    reason='libtpu is installed: the TPU test above runs instead')
+@pytest.mark.skipif(
+  importlib.util.find_spec('libtpu') is not None,
+  reason='libtpu is installed: the TPU test above runs instead',
+)
 def test_tpu_topology_without_libtpu_says_what_to_install(corpus_dir):
-  with pytest.raises(UserError, match=r'needs the TPU compiler from the optional libtpu '
-                                      r'package: pip install libtpu==0\.0\.42\.1 '):
+  with pytest.raises(
+    UserError,
+    match=r'needs the TPU compiler from the optional libtpu '
+    r'package: pip install libtpu==0\.0\.42\.1 ',
+  ):
     plan.plan(_config(corpus_dir, fsdp=8), 'v5e-8')
 
 
 def test_a_libtpu_of_another_version_is_refused_by_name(corpus_dir, monkeypatch):
   real = importlib.metadata.version
-  monkeypatch.setattr(importlib.metadata, 'version',
-                      lambda name: '0.0.52' if name == 'libtpu' else real(name))
-  with pytest.raises(UserError, match=r'libtpu 0\.0\.52 is installed, but jax \S+ needs '
-                                      r'libtpu 0\.0\.42\.1 .*pip install libtpu==0\.0\.42\.1'):
+  monkeypatch.setattr(
+    importlib.metadata, 'version', lambda name: '0.0.52' if name == 'libtpu' else real(name)
+  )
+  with pytest.raises(
+    UserError,
+    match=r'libtpu 0\.0\.52 is installed, but jax \S+ needs '
+    r'libtpu 0\.0\.42\.1 .*pip install libtpu==0\.0\.42\.1',
+  ):
     plan.plan(_config(corpus_dir, fsdp=8), 'v5e-8')

@@ -1,4 +1,5 @@
 """The whole pipeline, as a user runs it."""
+
 import json
 import os
 
@@ -15,8 +16,9 @@ from tests.helpers import tiny_config
 
 @pytest.mark.slow
 def test_train_and_evaluate_writes_every_record(corpus_dir, tmp_path):
-  config = tiny_config(corpus_dir, steps=8, log_every=2, eval_every=4, checkpoint_every=4,
-                       keep_checkpoints=1)
+  config = tiny_config(
+    corpus_dir, steps=8, log_every=2, eval_every=4, checkpoint_every=4, keep_checkpoints=1
+  )
   config.eval.num_samples, config.eval.sample_tokens = 2, 6
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 8 and result['bits_per_byte'] > 0
@@ -32,13 +34,16 @@ def test_train_and_evaluate_writes_every_record(corpus_dir, tmp_path):
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   assert ckpt.manager.all_steps() == [8]  # keep_checkpoints=1
   assert ckpt.restore_json(8, 'config')['train']['steps'] == 8
-  assert ckpt.restore_json(8, 'tokenizer')['sha256'] == \
-      json.load(open(tmp_path / 'data' / 'manifest.json'))['tokenizer']['sha256']
+  assert (
+    ckpt.restore_json(8, 'tokenizer')['sha256']
+    == json.load(open(tmp_path / 'data' / 'manifest.json'))['tokenizer']['sha256']
+  )
   ckpt.close()
 
 
-@pytest.mark.parametrize('family,preset', [(f, p) for f in ('gpt2', 'gpt3')
-                                            for p in models.PUBLISHED[f]])
+@pytest.mark.parametrize(
+  'family,preset', [(f, p) for f in ('gpt2', 'gpt3') for p in models.PUBLISHED[f]]
+)
 def test_presets_match_published_sizes(family, preset):
   experiment = {'gpt2': gpt2, 'gpt3': gpt3}[family]
   cfg = model_lib.ModelConfig.from_config(experiment.get_config(preset).model)

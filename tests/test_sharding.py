@@ -17,8 +17,11 @@ def _mesh_cfg(data, fsdp, tensor):
 
 
 def test_minus_one_takes_remaining_devices():
-  assert sharding.mesh_shape({'data': -1, 'fsdp': 2, 'tensor': 1}, 8) == \
-      {'data': 4, 'fsdp': 2, 'tensor': 1}
+  assert sharding.mesh_shape({'data': -1, 'fsdp': 2, 'tensor': 1}, 8) == {
+    'data': 4,
+    'fsdp': 2,
+    'tensor': 1,
+  }
 
 
 def test_every_param_sharding_matches_the_rules(corpus_dir):
@@ -30,12 +33,18 @@ def test_every_param_sharding_matches_the_rules(corpus_dir):
   state = s.init_state(0)
   # The Megatron + ZeRO-3 layout the rules describe, written out by hand.
   expected = {
-      'tok_embed': P('tensor', 'fsdp'), 'pos_embed': P(None, 'fsdp'),
-      'qkv/kernel': P('fsdp', 'tensor', None, None), 'qkv/bias': P('tensor', None, None),
-      'out/kernel': P('tensor', None, 'fsdp'), 'out/bias': P('fsdp'),
-      'fc_in/kernel': P('fsdp', 'tensor'), 'fc_in/bias': P('tensor'),
-      'fc_out/kernel': P('tensor', 'fsdp'), 'fc_out/bias': P('fsdp'),
-      'scale': P('fsdp'), 'bias': P('fsdp'),  # LayerNorms
+    'tok_embed': P('tensor', 'fsdp'),
+    'pos_embed': P(None, 'fsdp'),
+    'qkv/kernel': P('fsdp', 'tensor', None, None),
+    'qkv/bias': P('tensor', None, None),
+    'out/kernel': P('tensor', None, 'fsdp'),
+    'out/bias': P('fsdp'),
+    'fc_in/kernel': P('fsdp', 'tensor'),
+    'fc_in/bias': P('tensor'),
+    'fc_out/kernel': P('tensor', 'fsdp'),
+    'fc_out/bias': P('fsdp'),
+    'scale': P('fsdp'),
+    'bias': P('fsdp'),  # LayerNorms
   }
   leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
   assert len(leaves) == 4 + 2 * 12
@@ -48,12 +57,15 @@ def test_every_param_sharding_matches_the_rules(corpus_dir):
   assert mu['block_1']['mlp']['fc_in']['kernel'].sharding.spec == P('fsdp', 'tensor')
 
 
-@pytest.mark.parametrize('shape,match', [
+@pytest.mark.parametrize(
+  'shape,match',
+  [
     ({'data': 3, 'fsdp': 1, 'tensor': 1}, 'needs a multiple of 3 devices but there are 8'),
     ({'data': 2, 'fsdp': 2, 'tensor': 1}, 'uses 4 devices but there are 8; set one axis to -1'),
     ({'data': -1, 'fsdp': -1, 'tensor': 1}, 'at most one -1'),
     ({'data': -1, 'pipeline': 2}, 'unknown axes'),
-])
+  ],
+)
 def test_mesh_that_does_not_divide_devices(shape, match):
   with pytest.raises(UserError, match=match):
     sharding.mesh_shape(shape, 8)

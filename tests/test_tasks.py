@@ -1,5 +1,6 @@
 """Multiple-choice and cloze scoring, on layouts of the common releases and on a model that
 has learned the answers by heart."""
+
 import copy
 import json
 import math
@@ -30,44 +31,84 @@ def _write(path, records):
 
 
 def test_layouts_of_hellaswag_piqa_arc_and_lambada(tmp_path):
-  hellaswag = tasks.load(_write(tmp_path / 'hs.jsonl', [
-      {'ctx': 'A man', 'endings': [' sits.', ' runs.', ' eats.', ' naps.'], 'label': 2}]))
-  piqa = tasks.load(_write(tmp_path / 'piqa.jsonl', [
-      {'goal': 'Open a jar', 'sol1': ' twist', 'sol2': ' shout', 'label': 0}]))
-  arc = tasks.load(_write(tmp_path / 'arc.jsonl', [
-      {'question': {'stem': 'Sky?', 'choices': [{'text': ' red', 'label': 'A'},
-                                                {'text': ' blue', 'label': 'B'}]},
-       'answerKey': 'B'},
-      {'question': 'Sun?', 'choices': {'text': [' hot', ' cold'], 'label': ['1', '2']},
-       'answerKey': '1'}]))
+  hellaswag = tasks.load(
+    _write(
+      tmp_path / 'hs.jsonl',
+      [{'ctx': 'A man', 'endings': [' sits.', ' runs.', ' eats.', ' naps.'], 'label': 2}],
+    )
+  )
+  piqa = tasks.load(
+    _write(
+      tmp_path / 'piqa.jsonl',
+      [{'goal': 'Open a jar', 'sol1': ' twist', 'sol2': ' shout', 'label': 0}],
+    )
+  )
+  arc = tasks.load(
+    _write(
+      tmp_path / 'arc.jsonl',
+      [
+        {
+          'question': {
+            'stem': 'Sky?',
+            'choices': [{'text': ' red', 'label': 'A'}, {'text': ' blue', 'label': 'B'}],
+          },
+          'answerKey': 'B',
+        },
+        {
+          'question': 'Sun?',
+          'choices': {'text': [' hot', ' cold'], 'label': ['1', '2']},
+          'answerKey': '1',
+        },
+      ],
+    )
+  )
   lambada = tasks.load(_write(tmp_path / 'lambada.jsonl', [{'text': 'he said hello'}]))
-  assert hellaswag['examples'] == [{'context': 'A man', 'choices': [' sits.', ' runs.', ' eats.',
-                                                                    ' naps.'], 'label': 2}]
-  assert piqa['examples'][0] == {'context': 'Open a jar', 'choices': [' twist', ' shout'],
-                                 'label': 0}
+  assert hellaswag['examples'] == [
+    {'context': 'A man', 'choices': [' sits.', ' runs.', ' eats.', ' naps.'], 'label': 2}
+  ]
+  assert piqa['examples'][0] == {
+    'context': 'Open a jar',
+    'choices': [' twist', ' shout'],
+    'label': 0,
+  }
   assert [e['label'] for e in arc['examples']] == [1, 0]
   assert arc['examples'][0]['context'] == 'Sky?'
-  assert lambada == {'name': 'lambada', 'kind': 'cloze', 'examples': [
-      {'context': 'he said', 'choices': [' hello'], 'label': 0}]}
+  assert lambada == {
+    'name': 'lambada',
+    'kind': 'cloze',
+    'examples': [{'context': 'he said', 'choices': [' hello'], 'label': 0}],
+  }
 
 
 def test_choices_without_a_leading_space_are_not_glued_to_the_context(tmp_path):
   # HellaSwag's and ARC's releases put no space before an ending; PIQA's goal ends in one
   # here: exactly one space separates context and choice either way.
-  task = tasks.load(_write(tmp_path / 'hs.jsonl', [
-      {'ctx': 'A man', 'endings': ['sits.', 'runs.'], 'label': 0},
-      {'goal': 'Open a jar ', 'sol1': 'twist', 'sol2': 'shout', 'label': 0},
-      {'ctx': 'Then\n', 'endings': ['he sat.', ' he ran.'], 'label': 1}]))
+  task = tasks.load(
+    _write(
+      tmp_path / 'hs.jsonl',
+      [
+        {'ctx': 'A man', 'endings': ['sits.', 'runs.'], 'label': 0},
+        {'goal': 'Open a jar ', 'sol1': 'twist', 'sol2': 'shout', 'label': 0},
+        {'ctx': 'Then\n', 'endings': ['he sat.', ' he ran.'], 'label': 1},
+      ],
+    )
+  )
   assert [e['choices'] for e in task['examples']] == [
-      [' sits.', ' runs.'], ['twist', 'shout'], ['he sat.', ' he ran.']]
+    [' sits.', ' runs.'],
+    ['twist', 'shout'],
+    ['he sat.', ' he ran.'],
+  ]
 
 
-@pytest.mark.parametrize('line, message', [
+@pytest.mark.parametrize(
+  'line, message',
+  [
     ('{"context": "a", "choices": [" b"], "label": 1', 'bad.jsonl:2 is not JSON'),
     ('{"context": "a", "choices": [" b", " c"], "label": 5}', 'bad.jsonl:2: label 5 names none'),
     ('{"context": "a", "label": 0}', 'bad.jsonl:2: a multiple-choice line needs'),
     ('["a", "b"]', 'bad.jsonl:2: each line must be a JSON object'),
-])
+  ],
+)
 def test_bad_task_lines_are_named(tmp_path, line, message):
   path = _write(tmp_path / 'bad.jsonl', [{'context': 'x', 'choices': [' y'], 'label': 0}, line])
   with pytest.raises(UserError, match=message):
@@ -80,25 +121,32 @@ def test_bad_task_lines_are_named(tmp_path, line, message):
 def test_scores_equal_a_direct_forward_of_each_sequence(chunks, on_mesh):
   """Whole logits on one device; or in 3 chunks of positions (which divide no bucket
   width), with params on an 8-device mesh whose batch axes split the 4 rows, made 8."""
-  cfg = model_lib.ModelConfig(vocab_size=64, seq_len=16, num_layers=2, num_heads=2, d_model=16,
-                              mlp_dim=32, loss_chunks=chunks)
+  cfg = model_lib.ModelConfig(
+    vocab_size=64, seq_len=16, num_layers=2, num_heads=2, d_model=16, mlp_dim=32, loss_chunks=chunks
+  )
   m = model_lib.Transformer(cfg)
   params = nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))['params'])
   if on_mesh:
-    mesh = Mesh(np.array(jax.devices()).reshape(4, 2, 1), sharding.MESH_AXES,
-                axis_types=(AxisType.Auto,) * 3)
+    mesh = Mesh(
+      np.array(jax.devices()).reshape(4, 2, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3
+    )
     params = jax.device_put(params, NamedSharding(mesh, P()))
   else:
     params = jax.device_put(params)
   rng = np.random.default_rng(0)
   # Lengths from 2 to 30 tokens: the longest are cut from the left to the window.
-  pairs = [(rng.integers(3, 64, rng.integers(1, 20)).tolist(),
-            rng.integers(3, 64, rng.integers(1, 11)).tolist()) for _ in range(11)]
+  pairs = [
+    (
+      rng.integers(3, 64, rng.integers(1, 20)).tolist(),
+      rng.integers(3, 64, rng.integers(1, 11)).tolist(),
+    )
+    for _ in range(11)
+  ]
   scorer = tasks.Scorer(m, params, batch_size=4)
   assert scorer.batch_size == (8 if on_mesh else 4)
   logp, greedy = scorer.score(pairs)
   for (context, cont), lp, gr in zip(pairs, logp, greedy):
-    row = (context + cont)[-(cfg.seq_len + 1):]
+    row = (context + cont)[-(cfg.seq_len + 1) :]
     logits = m.apply({'params': params}, jnp.asarray([row[:-1]]))[0]
     logp_all = jax.nn.log_softmax(logits)[jnp.arange(len(row) - 1), jnp.asarray(row[1:])]
     n = min(len(cont), len(row) - 1)
@@ -125,8 +173,13 @@ def _facts_tasks(tmp_path, wrong_labels=(), wrong_words=()):
   choice, cloze = [], []
   for i, (country, city) in enumerate(FACTS.items()):
     options = [f' {cities[(i + 1) % 8]}.', f' {city}.', f' {cities[(i + 3) % 8]}.']
-    choice.append({'context': f'the capital of {country} is', 'choices': options,
-                   'label': 0 if country in wrong_labels else 1})
+    choice.append(
+      {
+        'context': f'the capital of {country} is',
+        'choices': options,
+        'label': 0 if country in wrong_labels else 1,
+      }
+    )
     word = cities[(i + 2) % 8] if country in wrong_words else city
     cloze.append({'text': f'the capital of {country} is {word}.'})
   return _write(tmp_path / 'capitals.jsonl', choice), _write(tmp_path / 'last_word.jsonl', cloze)
@@ -136,8 +189,7 @@ def test_known_answers_are_scored_correctly(facts_run, tmp_path):
   config, workdir = copy.deepcopy(facts_run)
   # Two labels of eight point at a wrong choice, and one cloze word is wrong: the model
   # (right on all eight) must then score exactly 6/8 and 7/8.
-  config.eval.tasks = _facts_tasks(tmp_path, wrong_labels=('peru', 'japan'),
-                                   wrong_words=('kenya',))
+  config.eval.tasks = _facts_tasks(tmp_path, wrong_labels=('peru', 'japan'), wrong_words=('kenya',))
   result = inference.evaluate_checkpoint(config, workdir)
   choice, cloze = result['tasks']['capitals'], result['tasks']['last_word']
   assert choice['examples'] == 8 and choice['acc'] == 0.75 and choice['acc_norm'] == 0.75
@@ -162,20 +214,39 @@ def test_sampling_a_checkpoint_on_one_device_and_on_eight(facts_run, tmp_path):
 @pytest.mark.slow
 def test_run_py_samples_prompts_from_flags_and_a_file(facts_run, tmp_path):
   config, workdir = facts_run
-  prompts_file = _write(tmp_path / 'prompts.jsonl', ['"the capital of egypt is"',
-                                                     {'prompt': 'the capital of\nspain is'}])
+  prompts_file = _write(
+    tmp_path / 'prompts.jsonl',
+    ['"the capital of egypt is"', {'prompt': 'the capital of\nspain is'}],
+  )
   proc = subprocess.run(
-      [sys.executable, 'run.py', f'--config=tests/tiny_experiment.py:{config.data.paths[0]}',
-       f'--workdir={workdir}', '--mode=sample', '--prompt=the capital of italy is',
-       f'--prompts_file={prompts_file}', '--config.model.d_model=64', '--config.eval.temperature=0.9', '--config.eval.top_p=0.5',
-       '--config.eval.sample_tokens=7', '--config.eval.seed=4'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '2'})
+    [
+      sys.executable,
+      'run.py',
+      f'--config=tests/tiny_experiment.py:{config.data.paths[0]}',
+      f'--workdir={workdir}',
+      '--mode=sample',
+      '--prompt=the capital of italy is',
+      f'--prompts_file={prompts_file}',
+      '--config.model.d_model=64',
+      '--config.eval.temperature=0.9',
+      '--config.eval.top_p=0.5',
+      '--config.eval.sample_tokens=7',
+      '--config.eval.seed=4',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '2'},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'the capital of italy is rome.' in proc.stdout
   assert 'the capital of egypt is cairo.' in proc.stdout
   with open(os.path.join(workdir, 'samples-step400.jsonl')) as f:
     records = [json.loads(line) for line in f]
-  assert [r['prompt'] for r in records] == ['the capital of italy is', 'the capital of egypt is',
-                                           'the capital of\nspain is']
+  assert [r['prompt'] for r in records] == [
+    'the capital of italy is',
+    'the capital of egypt is',
+    'the capital of\nspain is',
+  ]
   assert all(r['new_tokens'] == 7 and r['top_p'] == 0.5 and r['seed'] == 4 for r in records)

@@ -5,24 +5,26 @@ from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
 
 TRICKY = [
-    '    def f(x):\n\treturn  x   \n\n\n',
-    'trailing spaces   ',
-    ' leading space',
-    '\r\n windows\r\n',
-    'héllo wörld 世界 🎉 \x00\x7f',
-    'a literal \u2581 and \ue000s escape',
-    '',
+  '    def f(x):\n\treturn  x   \n\n\n',
+  'trailing spaces   ',
+  ' leading space',
+  '\r\n windows\r\n',
+  'héllo wörld 世界 🎉 \x00\x7f',
+  'a literal \u2581 and \ue000s escape',
+  '',
 ]
 
 
 def _cfg(kind, vocab):
-  return ml_collections.ConfigDict(dict(kind=kind, vocab_size=vocab, byte_fallback=True,
-                                        train_chunks=10_000, model_path=''))
+  return ml_collections.ConfigDict(
+    dict(kind=kind, vocab_size=vocab, byte_fallback=True, train_chunks=10_000, model_path='')
+  )
 
 
 @pytest.fixture(scope='module')
 def texts(corpus_dir):
   import pathlib
+
   return [p.read_text() for p in sorted(pathlib.Path(corpus_dir).glob('*.py'))]
 
 
@@ -61,8 +63,11 @@ def test_saved_model_file_can_be_named_instead(texts, tmp_path):
 def test_bad_tokenizer_settings(texts, tmp_path):
   with pytest.raises(UserError, match='byte fallback alone needs 256 ids'):
     tokenizer_lib.train(texts, _cfg('bpe', 100))
-  with pytest.raises(UserError, match=r'vocab_size=5000 is more than this corpus supports; '
-                                      r'use at most \d+'):
+  with pytest.raises(
+    UserError,
+    match=r'vocab_size=5000 is more than this corpus supports; '
+    r'use at most \d+',
+  ):
     tokenizer_lib.train(texts, _cfg('bpe', 5000))
   with pytest.raises(UserError, match="use 'bpe', 'unigram' or 'char'"):
     tokenizer_lib.train(texts, _cfg('wordpiece', 400))

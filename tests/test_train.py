@@ -4,7 +4,7 @@ import os
 import jax
 import numpy as np
 
-from benchmarks.common import random_batch
+from jaxgpt.data.synthetic import random_batch
 from configs import mesh as mesh_presets
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
@@ -25,7 +25,11 @@ def _losses(config, shape, steps=3, batches=None):
     step = train.jit_train_step(s, config)
     losses = []
     for i in range(steps):
-      batch = batches[i] if batches else random_batch(config, 300, i)
+      batch = (
+        batches[i]
+        if batches
+        else random_batch(config.train.batch_size, config.model.seq_len, 300, i)
+      )
       state, metrics = step(state, sharding.global_batch(batch, mesh))
       losses.append(float(metrics['loss']))
   return losses, jax.device_get(state.params)
@@ -53,7 +57,7 @@ def test_overfits_one_small_batch(corpus_dir):
   config.optim.lr = config.optim.min_lr = 3e-3  # constant after warmup
   config.optim.warmup_steps, config.optim.weight_decay = 5, 0.0
   config.train.steps = 150
-  batch = random_batch(config, 300)
+  batch = random_batch(config.train.batch_size, config.model.seq_len, 300)
   losses, _ = _losses(config, (8, 1, 1), steps=150, batches=[batch] * 150)
   assert losses[0] > 5.0  # about log(384) at init
   assert losses[-1] < 0.1, losses[-10:]
@@ -82,6 +86,7 @@ def test_resume_matches_uninterrupted_run(corpus_dir, tmp_path):
   assert second['loss'] == straight['loss']
 
   from jaxgpt import checkpoint
+
   params = []
   for d in ('straight', 'split'):
     ckpt = checkpoint.Checkpointer(str(tmp_path / d))

@@ -3,6 +3,7 @@
 A module of its own, so that the stages' classes are pickled by reference (datatrove's
 Slurm jobs unpickle them) rather than as members of __main__.
 """
+
 import os
 import sys
 
@@ -14,6 +15,7 @@ if __name__ == '__main__':
   for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ.setdefault(var, '1')
   from jaxgpt.data import stages
+
   stages.die_with_parent()  # a killed run.py (or test) takes its preparation with it,
   os.register_at_fork(after_in_child=stages.die_with_parent)  # and its workers
   stages.main(sys.argv)

@@ -12,6 +12,7 @@ or Ray executors. `steps(source, cfg)` builds the chain for one source's profile
 Every step counts documents and UTF-8 bytes in and out (`Meter`), and each filter counts
 what it dropped and why; the data card reads those counts.
 """
+
 import hashlib
 import importlib.util
 import itertools
@@ -95,6 +96,7 @@ def in_runs(docs, size=256):
 
 class Meter(PipelineStep):
   """Passes documents through, counting them and their UTF-8 bytes."""
+
   type = 'jaxgpt'
 
   def __init__(self, name: str):
@@ -147,6 +149,7 @@ def repeated_line_fraction(text: str) -> float:
 
 class BasicFilter(BaseFilter):
   """Too short, too long, mostly non-text, or mostly repeated lines (config.data.clean)."""
+
   name = 'basic'
 
   def __init__(self, cfg):
@@ -191,9 +194,11 @@ def check_languages(languages):
   known = {label.removeprefix('__label__') for label in labels}
   unknown = [code for code in languages if code not in known]
   if unknown:
-    raise UserError(f'data.clean.language.languages={tuple(languages)}: {unknown} are not '
-                    "language codes fastText's lid.176 gives; use ISO 639 codes such as 'en', "
-                    "'de', 'zh' (or () to skip language ID)")
+    raise UserError(
+      f'data.clean.language.languages={tuple(languages)}: {unknown} are not '
+      "language codes fastText's lid.176 gives; use ISO 639 codes such as 'en', "
+      "'de', 'zh' (or () to skip language ID)"
+    )
 
 
 def identify_language(text: str) -> tuple[str, float]:
@@ -206,6 +211,7 @@ class LanguageFilter(BaseFilter):
   """Keeps documents fastText labels as one of `languages` with probability >= threshold,
   as FineWeb does; it reads the first `max_chars` characters, which decide a document's
   language as well as the whole does, at a fraction of the cost."""
+
   name = 'language'
 
   def __init__(self, cfg):
@@ -214,7 +220,7 @@ class LanguageFilter(BaseFilter):
     self.threshold, self.max_chars = cfg.threshold, cfg.max_chars
 
   def filter(self, doc: Document):
-    lang, prob = identify_language(doc.text[:self.max_chars])
+    lang, prob = identify_language(doc.text[: self.max_chars])
     doc.metadata['language'] = lang
     if self.languages and lang not in self.languages:
       return False, f'language_{lang}'
@@ -231,24 +237,38 @@ def _named(step, name):
 def _gopher(cfg):
   g = cfg.gopher
   quality = rules.GopherQuality(
-      min_doc_words=g.min_words, max_doc_words=g.max_words,
-      min_avg_word_length=g.min_mean_word_length, max_avg_word_length=g.max_mean_word_length,
-      max_symbol_word_ratio=g.max_symbol_word_ratio, max_bullet_lines_ratio=g.max_bullet_lines,
-      max_ellipsis_lines_ratio=g.max_ellipsis_lines, min_alpha_words_ratio=g.min_alpha_words,
-      min_stop_words=g.min_stop_words)
+    min_doc_words=g.min_words,
+    max_doc_words=g.max_words,
+    min_avg_word_length=g.min_mean_word_length,
+    max_avg_word_length=g.max_mean_word_length,
+    max_symbol_word_ratio=g.max_symbol_word_ratio,
+    max_bullet_lines_ratio=g.max_bullet_lines,
+    max_ellipsis_lines_ratio=g.max_ellipsis_lines,
+    min_alpha_words_ratio=g.min_alpha_words,
+    min_stop_words=g.min_stop_words,
+  )
   chain = [quality, Meter('gopher_quality')]
   if g.repetition:  # duplicated lines, paragraphs and n-grams: thorough, and slow
-    chain += [_named(GopherRepetitionFilter(language=WORDS), 'gopher_repetition'),
-              Meter('gopher_repetition')]
+    chain += [
+      _named(GopherRepetitionFilter(language=WORDS), 'gopher_repetition'),
+      Meter('gopher_repetition'),
+    ]
   return chain
 
 
 def _c4(cfg):
   c = cfg.c4
-  return [rules.C4Quality(
-      WORDS, min_num_sentences=c.min_sentences, min_words_per_line=c.min_words_per_line,
-      max_word_length=c.max_word_length, filter_no_terminal_punct=c.terminal_punctuation,
-      filter_curly_bracket=c.curly_bracket), Meter('c4')]
+  return [
+    rules.C4Quality(
+      WORDS,
+      min_num_sentences=c.min_sentences,
+      min_words_per_line=c.min_words_per_line,
+      max_word_length=c.max_word_length,
+      filter_no_terminal_punct=c.terminal_punctuation,
+      filter_curly_bracket=c.curly_bracket,
+    ),
+    Meter('c4'),
+  ]
 
 
 def steps(profile: str, cfg) -> list[PipelineStep]:

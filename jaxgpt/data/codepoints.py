@@ -6,6 +6,7 @@ classes come from one table lookup, and per-word answers (length, has a letter, 
 from cumulative sums over the characters. Words are exactly those of `clean.RegexWords`
 (`words`) and of the dedup shingles (`letter_runs`); the tests hold both to the regexes.
 """
+
 import re
 
 import numpy as np
@@ -32,8 +33,13 @@ def table() -> np.ndarray:
   if not _TABLE:
     chars = ''.join(map(chr, range(0x110000)))
     flags = np.zeros(0x110000, np.uint8)
-    for flag, pattern in ((WORD, r'\w'), (SPACE, r'\s'), (LETTER, r'[^\W\d_]'),
-                          (DECIMAL, r'\d'), (JOINER, r"['’.-]")):
+    for flag, pattern in (
+      (WORD, r'\w'),
+      (SPACE, r'\s'),
+      (LETTER, r'[^\W\d_]'),
+      (DECIMAL, r'\d'),
+      (JOINER, r"['’.-]"),
+    ):
       flags[[m.start() for m in re.finditer(pattern, chars)]] |= flag
     flags[np.fromiter(map(str.isalpha, chars), bool, len(chars))] |= ALPHA
     flags[[ord(c) for c in PUNCTUATION_SET]] |= PUNCT

@@ -10,6 +10,7 @@ does not decompress, a line that is not UTF-8 or JSON, or a record without the t
 stops the run naming `file:line`, or (`data.skip_bad_records`) is counted and named in the
 data card.
 """
+
 import contextlib
 import dataclasses
 import glob
@@ -38,6 +39,7 @@ BAD_NAMES_KEPT = 20  # bad records named in the data card per source
 @dataclasses.dataclass(frozen=True)
 class Source:
   """One named source of documents; `split='val'` sends all of it to validation."""
+
   name: str
   kind: str
   paths: tuple = ()
@@ -55,6 +57,7 @@ class Source:
 class Unit:
   """What one curation task reads: files of one source; or the lines of one JSONL file
   that start in bytes [start, stop); or records [start, stop) of a TFDS source."""
+
   source: str
   files: tuple = ()
   start: int = 0
@@ -64,19 +67,32 @@ class Unit:
 def _source(name, c, weight=1.0, split='auto', kind=None, paths=None, tfds_split=None):
   kind = kind or c.source
   if kind not in KINDS:
-    raise UserError(f"data.source={kind!r} ({name}) is not one of {', '.join(map(repr, KINDS))}")
+    raise UserError(f'data.source={kind!r} ({name}) is not one of {", ".join(map(repr, KINDS))}')
   if c.profile not in PROFILES:
-    raise UserError(f"data.profile={c.profile!r} ({name}): use 'web' (prose: language ID, "
-                    "Gopher and C4 rules) or 'code' (length, non-text and repetition only)")
+    raise UserError(
+      f"data.profile={c.profile!r} ({name}): use 'web' (prose: language ID, "
+      "Gopher and C4 rules) or 'code' (length, non-text and repetition only)"
+    )
   if kind == 'tfds' and not c.tfds_name:
-    raise UserError("data.source='tfds' needs data.tfds_name, e.g. "
-                    "--config.data.tfds_name=tiny_shakespeare")
+    raise UserError(
+      "data.source='tfds' needs data.tfds_name, e.g. --config.data.tfds_name=tiny_shakespeare"
+    )
   if weight <= 0:
     raise UserError(f'data.mixture.{name}.weight={weight} must be positive')
   paths = c.paths if paths is None else paths
-  return Source(name, kind, (paths,) if isinstance(paths, str) else tuple(paths),
-                tuple(c.extensions), c.text_field, c.tfds_name,
-                tfds_split or c.tfds_split, c.data_dir, float(weight), c.profile, split)
+  return Source(
+    name,
+    kind,
+    (paths,) if isinstance(paths, str) else tuple(paths),
+    tuple(c.extensions),
+    c.text_field,
+    c.tfds_name,
+    tfds_split or c.tfds_split,
+    c.data_dir,
+    float(weight),
+    c.profile,
+    split,
+  )
 
 
 def sources(cfg) -> list[Source]:
@@ -85,8 +101,10 @@ def sources(cfg) -> list[Source]:
     out = [_source(name, c, c.weight) for name, c in sorted(cfg.mixture.items())]
   else:
     if cfg.source == 'stdlib' and cfg.paths:
-      raise UserError("data.paths is set but data.source is 'stdlib', which ignores it; add "
-                      "--config.data.source=files to train on those paths")
+      raise UserError(
+        "data.paths is set but data.source is 'stdlib', which ignores it; add "
+        '--config.data.source=files to train on those paths'
+      )
     out = [_source(cfg.source, cfg)]
   if cfg.val_paths:
     out.append(_source('validation', cfg, split='val', kind='files', paths=cfg.val_paths))
@@ -97,8 +115,9 @@ def sources(cfg) -> list[Source]:
 
 def stdlib_files() -> list[pathlib.Path]:
   root = pathlib.Path(sysconfig.get_paths()['stdlib'])
-  return sorted(p for p in root.rglob('*.py')
-                if not _STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1]))
+  return sorted(
+    p for p in root.rglob('*.py') if not _STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1])
+  )
 
 
 def expand_paths(paths, extensions) -> list[pathlib.Path]:
@@ -106,8 +125,10 @@ def expand_paths(paths, extensions) -> list[pathlib.Path]:
   if isinstance(paths, str):
     paths = (paths,)
   if not paths:
-    raise UserError("data.source='files' needs data.paths: set "
-                    "--config.data.paths=\"('corpus/*.txt',)\" (files, directories or globs)")
+    raise UserError(
+      "data.source='files' needs data.paths: set "
+      '--config.data.paths="(\'corpus/*.txt\',)" (files, directories or globs)'
+    )
   out = []
   for raw in paths:
     path = os.path.expanduser(raw)
@@ -117,12 +138,16 @@ def expand_paths(paths, extensions) -> list[pathlib.Path]:
         raise UserError(f'data.paths: the glob {raw!r} matches no file; check the pattern')
       out.extend(pathlib.Path(m) for m in matches if os.path.isfile(m))
     elif os.path.isdir(path):
-      found = sorted(p for p in pathlib.Path(path).rglob('*')
-                     if p.is_file() and (not extensions or _suffix(p) in extensions
-                                         or p.suffix in extensions))
+      found = sorted(
+        p
+        for p in pathlib.Path(path).rglob('*')
+        if p.is_file() and (not extensions or _suffix(p) in extensions or p.suffix in extensions)
+      )
       if not found:
-        raise UserError(f'data.paths: the directory {raw!r} holds no file ending in one of '
-                        f'data.extensions={tuple(extensions)}; add its suffix there')
+        raise UserError(
+          f'data.paths: the directory {raw!r} holds no file ending in one of '
+          f'data.extensions={tuple(extensions)}; add its suffix there'
+        )
       out.extend(found)
     elif os.path.isfile(path):
       out.append(pathlib.Path(path))
@@ -148,12 +173,15 @@ def source_files(src: Source) -> list[pathlib.Path]:
 def _tfds_source(src: Source):
   # tfds.data_source reads array_record files directly: no TensorFlow needed.
   import tensorflow_datasets as tfds
+
   try:
     return tfds.data_source(src.tfds_name, split=src.tfds_split, data_dir=src.data_dir or None)
   except Exception as e:  # tfds raises several types for "not prepared here"
-    raise UserError(f'TFDS dataset {src.tfds_name!r} (split {src.tfds_split!r}) could not be '
-                    f'opened from data_dir={src.data_dir or "default"!r}: {e}. Prepare it with '
-                    "file_format='array_record' or set data.data_dir") from None
+    raise UserError(
+      f'TFDS dataset {src.tfds_name!r} (split {src.tfds_split!r}) could not be '
+      f'opened from data_dir={src.data_dir or "default"!r}: {e}. Prepare it with '
+      "file_format='array_record' or set data.data_dir"
+    ) from None
 
 
 def identify(src: Source) -> dict:
@@ -162,8 +190,12 @@ def identify(src: Source) -> dict:
   if src.kind == 'tfds':
     data = _tfds_source(src)
     info = getattr(data, 'dataset_info', None)
-    return {'tfds': f'{src.tfds_name}/{src.tfds_split}', 'records': len(data),
-            'version': str(getattr(info, 'version', '')), 'data_dir': src.data_dir}
+    return {
+      'tfds': f'{src.tfds_name}/{src.tfds_split}',
+      'records': len(data),
+      'version': str(getattr(info, 'version', '')),
+      'data_dir': src.data_dir,
+    }
   return {'files': [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in source_files(src)]}
 
 
@@ -195,14 +227,17 @@ def units(src: Source, identity: dict, unit_bytes: int) -> list[Unit]:
 @dataclasses.dataclass
 class BadRecords:
   """Bad input met while reading, per source: a count by reason and the first few names."""
+
   skip: bool
   counts: dict = dataclasses.field(default_factory=dict)
   names: list = dataclasses.field(default_factory=list)
 
   def found(self, where: str, reason: str, fix: str):
     if not self.skip:
-      raise UserError(f'{where}: {reason}; {fix}, or set --config.data.skip_bad_records=True '
-                      'to skip and count such records')
+      raise UserError(
+        f'{where}: {reason}; {fix}, or set --config.data.skip_bad_records=True '
+        'to skip and count such records'
+      )
     kind = reason.split(' (')[0]  # without the detail: 'not valid JSON', 'not UTF-8', ...
     self.counts[kind] = self.counts.get(kind, 0) + 1
     if len(self.names) < BAD_NAMES_KEPT:
@@ -214,8 +249,9 @@ def _open_lines(path: str):
   if path.endswith('.gz'):
     return gzip.open(path, 'rb')
   if path.endswith('.zst'):
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, 'rb'),
-                                                                        closefd=True))
+    return io.BufferedReader(
+      zstandard.ZstdDecompressor().stream_reader(open(path, 'rb'), closefd=True)
+    )
   return open(path, 'rb')
 
 
@@ -251,6 +287,7 @@ def _lines(path: str, start: int, stop: int):
       while pos < stop and (raw := f.readline()):
         pos += len(raw)
         yield raw
+
     yield lines(), first
 
 
@@ -267,8 +304,9 @@ class _LineNames:
     return f'{self.path}:{self.above + lineno}'
 
 
-def _jsonl_documents(path, src: Source, bad: BadRecords, start: int = 0,
-                     stop: int = 0) -> Iterator[Document]:
+def _jsonl_documents(
+  path, src: Source, bad: BadRecords, start: int = 0, stop: int = 0
+) -> Iterator[Document]:
   lineno, name = 0, _LineNames(path, 0)
   try:
     with _lines(path, start, stop) as (lines, first):
@@ -279,31 +317,40 @@ def _jsonl_documents(path, src: Source, bad: BadRecords, start: int = 0,
         try:
           record = json.loads(raw.decode('utf-8'))
         except UnicodeDecodeError as e:
-          bad.found(name(lineno), f'not UTF-8 (byte {e.start}: {e.reason})',
-                    'convert the file (iconv -t UTF-8)')
+          bad.found(
+            name(lineno),
+            f'not UTF-8 (byte {e.start}: {e.reason})',
+            'convert the file (iconv -t UTF-8)',
+          )
           continue
         except json.JSONDecodeError as e:
           bad.found(name(lineno), f'not valid JSON ({e.msg})', 'fix or remove that line')
           continue
         if not isinstance(record, dict) or src.text_field not in record:
-          bad.found(name(lineno), f'no {src.text_field!r} field',
-                    'set data.text_field to the field that holds the text')
+          bad.found(
+            name(lineno),
+            f'no {src.text_field!r} field',
+            'set data.text_field to the field that holds the text',
+          )
           continue
         yield Document(str(record[src.text_field]), f'{path}@{first}:{lineno}')
   except (OSError, EOFError, zstandard.ZstdError) as e:  # a truncated or corrupt shard
-    bad.found(name(lineno + 1), f'a corrupt shard ({type(e).__name__}: {e})',
-              'replace the file')
+    bad.found(name(lineno + 1), f'a corrupt shard ({type(e).__name__}: {e})', 'replace the file')
 
 
 def _parquet_documents(path, src: Source, bad: BadRecords) -> Iterator[Document]:
   import pyarrow
   import pyarrow.parquet as pq
+
   row = 0
   try:
     f = pq.ParquetFile(path)
     if src.text_field not in f.schema_arrow.names:
-      bad.found(path, f'no {src.text_field!r} column',
-                'set data.text_field to the column that holds the text')
+      bad.found(
+        path,
+        f'no {src.text_field!r} column',
+        'set data.text_field to the column that holds the text',
+      )
       return
     for batch in f.iter_batches(columns=[src.text_field], batch_size=1024):
       for text in batch.column(0).to_pylist():
@@ -311,8 +358,7 @@ def _parquet_documents(path, src: Source, bad: BadRecords) -> Iterator[Document]
         if text is not None:
           yield Document(str(text), f'{path}:{row}')
   except (OSError, pyarrow.ArrowException) as e:
-    bad.found(f'{path}:{row + 1}', f'a corrupt shard ({type(e).__name__}: {e})',
-              'replace the file')
+    bad.found(f'{path}:{row + 1}', f'a corrupt shard ({type(e).__name__}: {e})', 'replace the file')
 
 
 def _text_document(path, bad: BadRecords) -> Iterator[Document]:
@@ -321,9 +367,10 @@ def _text_document(path, bad: BadRecords) -> Iterator[Document]:
   try:
     yield Document(data.decode('utf-8'), path)
   except UnicodeDecodeError as e:
-    line = data[:e.start].count(b'\n') + 1
-    bad.found(f'{path}:{line}', f'not UTF-8 (byte {e.start}: {e.reason})',
-              'convert it (iconv -t UTF-8)')
+    line = data[: e.start].count(b'\n') + 1
+    bad.found(
+      f'{path}:{line}', f'not UTF-8 (byte {e.start}: {e.reason})', 'convert it (iconv -t UTF-8)'
+    )
 
 
 def file_documents(path: str, src: Source, bad: BadRecords) -> Iterator[Document]:
@@ -348,8 +395,9 @@ def unit_documents(unit: Unit, src: Source, bad: BadRecords) -> Iterator[Documen
     name = f'{src.tfds_name}/{src.tfds_split}/{i}'
     record = data[i]
     if src.text_field not in record:
-      bad.found(name, f'no {src.text_field!r} field',
-                f'set data.text_field to one of {sorted(record)}')
+      bad.found(
+        name, f'no {src.text_field!r} field', f'set data.text_field to one of {sorted(record)}'
+      )
       continue
     value = record[src.text_field]
     try:

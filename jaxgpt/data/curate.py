@@ -5,6 +5,7 @@ executor runs every source of a mixture and the dedup stages see one numbering o
 Each task writes what every step counted (documents and bytes in and out, drops by reason,
 bad records by name) to `counts/{task}.json` for the data card.
 """
+
 import os
 import time
 
@@ -19,8 +20,16 @@ class Curate(PipelineStep):
   type = 'jaxgpt'
   name = 'curate'
 
-  def __init__(self, units: list, sources: dict, clean_cfg, skip_bad: bool, max_docs: int,
-               counts_folder: str, progress_folder: str):
+  def __init__(
+    self,
+    units: list,
+    sources: dict,
+    clean_cfg,
+    skip_bad: bool,
+    max_docs: int,
+    counts_folder: str,
+    progress_folder: str,
+  ):
     super().__init__()
     self.units, self.sources, self.skip_bad = units, sources, skip_bad
     self.counts_folder, self.progress_folder = counts_folder, progress_folder
@@ -44,10 +53,18 @@ class Curate(PipelineStep):
       docs = clean.in_runs(step(docs, rank, world_size))
     yield from docs
     os.makedirs(self.counts_folder, exist_ok=True)
-    write_json(os.path.join(self.counts_folder, f'{rank:05d}.json'), {
-        'source': src.name, 'bad_records': bad.counts, 'bad_names': bad.names,
-        'steps': [{'name': step.name, 'stats': {k: v.total for k, v in step.stats.stats.items()}}
-                  for step in chain]})
+    write_json(
+      os.path.join(self.counts_folder, f'{rank:05d}.json'),
+      {
+        'source': src.name,
+        'bad_records': bad.counts,
+        'bad_names': bad.names,
+        'steps': [
+          {'name': step.name, 'stats': {k: v.total for k, v in step.stats.stats.items()}}
+          for step in chain
+        ],
+      },
+    )
 
 
 def _report_bytes(docs, path, every_seconds=2.0):

@@ -12,6 +12,7 @@
 
 Memory is bounded by one task's signatures and by the duplicate pairs, never the corpus.
 """
+
 import json
 import os
 import re
@@ -38,13 +39,19 @@ EXACT, NEAR = 1, 2
 def minhash_config(cfg) -> MinhashConfig:
   """datatrove's layout: the MinHash bands, then (with `exact`) one content-hash bucket."""
   if cfg.near and (cfg.bands < 1 or cfg.rows < 1 or cfg.ngram < 1):
-    raise UserError(f'data.dedup: bands={cfg.bands}, rows={cfg.rows}, ngram={cfg.ngram} must '
-                    'all be at least 1')
+    raise UserError(
+      f'data.dedup: bands={cfg.bands}, rows={cfg.rows}, ngram={cfg.ngram} must all be at least 1'
+    )
   if cfg.near and not 0 < cfg.threshold <= 1:
     raise UserError(f'data.dedup.threshold={cfg.threshold} is a Jaccard similarity in (0, 1]')
   bands = (cfg.bands if cfg.near else 0) + bool(cfg.exact)
-  return MinhashConfig(n_grams=cfg.ngram, num_buckets=bands, hashes_per_bucket=cfg.rows,
-                       seed=cfg.seed, hash_config=HashConfig(precision=64, hash_fc='xxhash'))
+  return MinhashConfig(
+    n_grams=cfg.ngram,
+    num_buckets=bands,
+    hashes_per_bucket=cfg.rows,
+    seed=cfg.seed,
+    hash_config=HashConfig(precision=64, hash_fc='xxhash'),
+  )
 
 
 def candidate_probability(similarity, bands: int, rows: int):
@@ -69,14 +76,15 @@ def shingles(text: str, n: int) -> np.ndarray:
     return np.zeros(0, np.uint64)
   h = codepoints.hashes(cp, starts, ends)
   h[(codepoints.table()[cp[starts]] & codepoints.DECIMAL) != 0] = _NUMBER
-  out = h[:len(h) - n + 1].copy()
+  out = h[: len(h) - n + 1].copy()
   for j in range(1, n):
-    out = out * _MIX + h[j:len(h) - n + 1 + j]
+    out = out * _MIX + h[j : len(h) - n + 1 + j]
   return out
 
 
 class Signatures(PipelineStep):
   """Stage 1: writes bucket signatures (sorted, datatrove's format) and full rows."""
+
   type = 'jaxgpt'
   name = 'dedup signatures'
 
@@ -98,14 +106,15 @@ class Signatures(PipelineStep):
       return None
     out = np.full(self.num_perm, np.iinfo(np.uint64).max, np.uint64)
     for i in range(0, sh.size, _CHUNK):
-      np.minimum(out, (sh[i:i + _CHUNK, None] * self.a + self.b).min(axis=0), out=out)
+      np.minimum(out, (sh[i : i + _CHUNK, None] * self.a + self.b).min(axis=0), out=out)
     return out >> np.uint64(4)  # below 2**61 - 1: datatrove's merge ignores values from it up
 
   def run(self, data, rank=0, world_size=1):
     rows, bands = self.cfg.rows, self.config.num_buckets
     record = struct.Struct(f'<{rows}QI')
-    paths = [os.path.join(self.folder, f'bucket_{b:03d}', f'{rank:05d}.minhash.sig')
-             for b in range(bands)]
+    paths = [
+      os.path.join(self.folder, f'bucket_{b:03d}', f'{rank:05d}.minhash.sig') for b in range(bands)
+    ]
     for p in paths:
       os.makedirs(os.path.dirname(p), exist_ok=True)
     files = [open(p, 'wb') for p in paths]
@@ -116,7 +125,7 @@ class Signatures(PipelineStep):
       sig = self.signature(doc.text) if self.num_perm else None
       if sig is not None:
         for b in range(self.cfg.bands):
-          files[b].write(record.pack(*sig[b * rows:(b + 1) * rows].tolist(), idx))
+          files[b].write(record.pack(*sig[b * rows : (b + 1) * rows].tolist(), idx))
       if self.cfg.exact:
         files[-1].write(record.pack(exact, *([0] * (rows - 1)), idx))
       row = np.zeros(1 + self.num_perm, np.uint64)
@@ -141,6 +150,7 @@ def buckets_step(folder: str, out: str, cfg) -> MinhashDedupBuckets:
 
 class Cluster(PipelineStep):
   """Stage 3: verified candidate pairs joined into clusters; lists what to remove per task."""
+
   type = 'jaxgpt'
   name = 'dedup clusters'
 
@@ -211,6 +221,7 @@ class Cluster(PipelineStep):
 
 class DropDuplicates(PipelineStep):
   """Stage 4: passes through all but the documents Cluster listed for this task."""
+
   type = 'jaxgpt'
   name = 'dedup drop'
 
@@ -220,8 +231,11 @@ class DropDuplicates(PipelineStep):
 
   def run(self, data, rank=0, world_size=1):
     path = self.folder and os.path.join(self.folder, f'{rank:05d}.remove')
-    removal = (np.fromfile(path, np.uint32).reshape(-1, 2) if path and os.path.exists(path)
-               else np.zeros((0, 2), np.uint32))
+    removal = (
+      np.fromfile(path, np.uint32).reshape(-1, 2)
+      if path and os.path.exists(path)
+      else np.zeros((0, 2), np.uint32)
+    )
     drops = dict(removal.tolist())
     counts = {'exact_duplicates': 0, 'near_duplicates': 0, 'duplicate_bytes': 0}
     for idx, doc in enumerate(data):

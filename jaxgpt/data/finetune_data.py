@@ -5,6 +5,7 @@ column, an unknown label or an empty output is reported there. Splits come from 
 files or, when only a training file is given, from a hash of each record (stable across
 runs and machines).
 """
+
 import hashlib
 import json
 
@@ -33,8 +34,10 @@ def split_records(fc, key_field: str) -> dict[str, list[Record]]:
       splits[name] = read_records(fc[f'{name}_path'])
   missing = [n for n in ('val', 'test') if not fc[f'{n}_path']]
   if missing:
-    fractions = {'val': fc.val_fraction if 'val' in missing else 0.0,
-                 'test': fc.test_fraction if 'test' in missing else 0.0}
+    fractions = {
+      'val': fc.val_fraction if 'val' in missing else 0.0,
+      'test': fc.test_fraction if 'test' in missing else 0.0,
+    }
     pool, splits['train'] = splits['train'], []
     for r in pool:
       field(r, key_field)  # a record without its main field is reported here
@@ -42,19 +45,23 @@ def split_records(fc, key_field: str) -> dict[str, list[Record]]:
       splits[_hash_split(key, fractions['val'], fractions['test'])].append(r)
   for name, records in splits.items():
     if not records and (name != 'test' or fc.test_fraction or fc.test_path):
-      raise UserError(f'the {name} split of the fine-tuning data is empty; add records or '
-                      f'set finetune.{name}_path')
+      raise UserError(
+        f'the {name} split of the fine-tuning data is empty; add records or '
+        f'set finetune.{name}_path'
+      )
   return splits
 
 
 # Classification ---------------------------------------------------------------------------
 
+
 def label_names(train: list[Record], label_field: str) -> list[str]:
   return sorted({field(r, label_field) for r in train})
 
 
-def encode_classification(records, tokenizer, labels: list[str] | None, seq_len: int, fc,
-                          part: str = 'train') -> dict:
+def encode_classification(
+  records, tokenizer, labels: list[str] | None, seq_len: int, fc, part: str = 'train'
+) -> dict:
   """inputs_NxL (the first seq_len tokens), last_N (the last real token), labels_N (zeros
   when `labels` is None: texts to predict)."""
   index = {name: i for i, name in enumerate(labels or ())}
@@ -67,23 +74,24 @@ def encode_classification(records, tokenizer, labels: list[str] | None, seq_len:
       if label not in index:
         if part != 'train' and not fc[f'{part}_path']:  # the hash split put it there
           raise UserError(
-              f'{r.where}: label {label!r} occurs only in records that the hash split of '
-              f'finetune.train_path put in the {part} part, so no training record has it; give '
-              f'that label more records, or split the data yourself with finetune.{part}_path')
+            f'{r.where}: label {label!r} occurs only in records that the hash split of '
+            f'finetune.train_path put in the {part} part, so no training record has it; give '
+            f'that label more records, or split the data yourself with finetune.{part}_path'
+          )
         raise UserError(f'{r.where}: label {label!r} is not among the training labels {labels}')
       ids_N[i] = index[label]
     ids = tokenizer.encode(field(r, fc.text_field))[:seq_len] or [tokenizer.eod_id]
-    inputs[i, :len(ids)] = ids
+    inputs[i, : len(ids)] = ids
     last[i] = len(ids) - 1
   return {'inputs': inputs, 'last': last, 'labels': ids_N, 'weights': np.ones(n, np.float32)}
 
 
 # Instructions -----------------------------------------------------------------------------
 
+
 def prompt_of(record: Record, fc) -> str:
   instruction = field(record, fc.instruction_field)
-  extra = field(record, fc.input_field, allow_empty=True) if fc.input_field in record.fields \
-      else ''
+  extra = field(record, fc.input_field, allow_empty=True) if fc.input_field in record.fields else ''
   template = fc.prompt_template if extra.strip() else fc.prompt_template_no_input
   return template.format(instruction=instruction, input=extra)
 
@@ -93,15 +101,16 @@ def instruction_examples(records, tokenizer, fc) -> list[tuple[list[int], list[i
   out = []
   for r in records:
     response = field(r, fc.output_field)
-    out.append((tokenizer.encode(prompt_of(r, fc)),
-                tokenizer.encode(response) + [tokenizer.eod_id]))
+    out.append(
+      (tokenizer.encode(prompt_of(r, fc)), tokenizer.encode(response) + [tokenizer.eod_id])
+    )
   return out
 
 
 def _example_rows(prompt, response, seq_len):
   """inputs, targets and weights of one example: loss on the response tokens only."""
-  tokens = (prompt + response)[:seq_len + 1]
-  weights = ([0.0] * len(prompt) + [1.0] * len(response))[1:seq_len + 1]
+  tokens = (prompt + response)[: seq_len + 1]
+  weights = ([0.0] * len(prompt) + [1.0] * len(response))[1 : seq_len + 1]
   return tokens[:-1], tokens[1:], weights
 
 
@@ -123,9 +132,11 @@ def encode_instructions(examples, seq_len: int, pad_id: int, packed: bool) -> di
   if row:
     rows.append(row)
   n = len(rows)
-  out = {'inputs': np.full((n, seq_len), pad_id, np.int32),
-         'targets': np.full((n, seq_len), pad_id, np.int32),
-         'weights': np.zeros((n, seq_len), np.float32)}
+  out = {
+    'inputs': np.full((n, seq_len), pad_id, np.int32),
+    'targets': np.full((n, seq_len), pad_id, np.int32),
+    'weights': np.zeros((n, seq_len), np.float32),
+  }
   if packed:
     out['segments'] = np.zeros((n, seq_len), np.int32)
     out['positions'] = np.zeros((n, seq_len), np.int32)
@@ -143,6 +154,7 @@ def encode_instructions(examples, seq_len: int, pad_id: int, packed: bool) -> di
 
 
 # Batches ----------------------------------------------------------------------------------
+
 
 class ArraySource(grain.sources.RandomAccessDataSource):
   """Row i of each array in a dict: a grain source for data that fit in memory."""

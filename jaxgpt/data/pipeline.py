@@ -15,6 +15,7 @@ finished tasks a killed run skips when started again:
 The stages' work files (`work/`) stay beside the store until it is finished; their logs
 stay in `logs/`.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -46,8 +47,11 @@ class Prepared:
 
   def shards(self, split: str, source: str | None = None) -> list[dict]:
     """This split's shards as {path, start, end} token ranges, optionally of one source."""
-    return [{**s, 'path': os.path.join(self.directory, s['path'])}
-            for s in self.manifest['shards'][split] if source in (None, s['source'])]
+    return [
+      {**s, 'path': os.path.join(self.directory, s['path'])}
+      for s in self.manifest['shards'][split]
+      if source in (None, s['source'])
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,35 +63,60 @@ class Plan:
   @property
   def unit_bytes(self) -> list[int]:
     sizes = {name: size for s in self.identity.values() for name, size, _ in s.get('files', ())}
-    return [(u.stop - u.start if u.stop else sum(sizes[f] for f in u.files)) if u.files
-            else 4096 * (u.stop - u.start) for u in self.units]
+    return [
+      (u.stop - u.start if u.stop else sum(sizes[f] for f in u.files))
+      if u.files
+      else 4096 * (u.stop - u.start)
+      for u in self.units
+    ]
 
 
 def check_config(cfg):
   """The preparation's numeric fields, checked before anything is read."""
   g, c4, slurm = cfg.clean.gopher, cfg.clean.c4, cfg.prep.slurm
   share = lambda x: 0 <= x <= 1
-  gopher = [(f'clean.gopher.{k}', g[k], g[k] >= 0, '0 (off) or more')
-            for k in ('min_words', 'max_words', 'min_mean_word_length', 'max_mean_word_length',
-                      'min_stop_words')]
-  gopher += [(f'clean.gopher.{k}', g[k], share(g[k]), 'a share in [0, 1] (0: off)')
-             for k in ('max_symbol_word_ratio', 'max_bullet_lines', 'max_ellipsis_lines',
-                       'min_alpha_words')]
-  c4_rules = [(f'clean.c4.{k}', c4[k], c4[k] >= -1, '-1 (off) or more')
-              for k in ('min_sentences', 'min_words_per_line', 'max_word_length')]
-  for field, value, ok, valid in gopher + c4_rules + [
+  gopher = [
+    (f'clean.gopher.{k}', g[k], g[k] >= 0, '0 (off) or more')
+    for k in (
+      'min_words',
+      'max_words',
+      'min_mean_word_length',
+      'max_mean_word_length',
+      'min_stop_words',
+    )
+  ]
+  gopher += [
+    (f'clean.gopher.{k}', g[k], share(g[k]), 'a share in [0, 1] (0: off)')
+    for k in ('max_symbol_word_ratio', 'max_bullet_lines', 'max_ellipsis_lines', 'min_alpha_words')
+  ]
+  c4_rules = [
+    (f'clean.c4.{k}', c4[k], c4[k] >= -1, '-1 (off) or more')
+    for k in ('min_sentences', 'min_words_per_line', 'max_word_length')
+  ]
+  for field, value, ok, valid in (
+    gopher
+    + c4_rules
+    + [
       ('prep.slurm.cpus_per_task', slurm.cpus_per_task, slurm.cpus_per_task >= 1, '1 or more'),
-      ('prep.slurm.mem_per_cpu_gb', slurm.mem_per_cpu_gb, slurm.mem_per_cpu_gb > 0,
-       'more than 0'),
+      ('prep.slurm.mem_per_cpu_gb', slurm.mem_per_cpu_gb, slurm.mem_per_cpu_gb > 0, 'more than 0'),
       ('prep.workers', cfg.prep.workers, cfg.prep.workers >= 0, '0 (one per core) or more'),
       ('prep.unit_mb', cfg.prep.unit_mb, cfg.prep.unit_mb > 0, 'more than 0'),
-      ('tokenizer.sample_mb', cfg.tokenizer.sample_mb, cfg.tokenizer.sample_mb > 0,
-       'more than 0'),
+      ('tokenizer.sample_mb', cfg.tokenizer.sample_mb, cfg.tokenizer.sample_mb > 0, 'more than 0'),
       ('val_fraction', cfg.val_fraction, 0 <= cfg.val_fraction < 1, 'in [0, 1)'),
-      ('clean.language.threshold', cfg.clean.language.threshold,
-       0 <= cfg.clean.language.threshold <= 1, 'in [0, 1]'),
-      ('clean.language.max_chars', cfg.clean.language.max_chars,
-       cfg.clean.language.max_chars > 0, 'more than 0')]:
+      (
+        'clean.language.threshold',
+        cfg.clean.language.threshold,
+        0 <= cfg.clean.language.threshold <= 1,
+        'in [0, 1]',
+      ),
+      (
+        'clean.language.max_chars',
+        cfg.clean.language.max_chars,
+        cfg.clean.language.max_chars > 0,
+        'more than 0',
+      ),
+    ]
+  ):
     if not ok:
       raise UserError(f'data.{field}={value} is out of range: use {valid}')
   dedup_lib.minhash_config(cfg.dedup)  # bands, rows, ngram, threshold
@@ -98,8 +127,10 @@ def make_plan(cfg) -> Plan:
   if cfg.prep.executor not in ('local', 'slurm'):
     raise UserError(f"data.prep.executor={cfg.prep.executor!r}: use 'local' or 'slurm'")
   if cfg.prep.executor == 'slurm' and not cfg.prep.slurm.partition:
-    raise UserError("data.prep.executor='slurm' needs data.prep.slurm.partition, e.g. "
-                    '--config.data.prep.slurm.partition=cpu')
+    raise UserError(
+      "data.prep.executor='slurm' needs data.prep.slurm.partition, e.g. "
+      '--config.data.prep.slurm.partition=cpu'
+    )
   srcs = corpus.sources(cfg)
   if any(src.profile == 'web' for src in srcs):  # only 'web' runs language ID
     clean.check_languages(cfg.clean.language.languages)
@@ -117,12 +148,22 @@ def fingerprints(cfg, plan: Plan) -> tuple[str, str]:
 
   Mixture weights are left out: they act in the loader, so a new mixture reuses the store.
   """
-  sources = [{k: v for k, v in dataclasses.asdict(s).items() if k != 'weight'}
-             for s in plan.sources]
-  data = json.dumps({'version': MANIFEST_VERSION, 'sources': sources, 'identity': plan.identity,
-                     'clean': cfg.clean.to_dict(), 'dedup': cfg.dedup.to_dict(),
-                     'val_fraction': cfg.val_fraction, 'max_docs': cfg.max_docs,
-                     'skip_bad_records': cfg.skip_bad_records}, sort_keys=True)
+  sources = [
+    {k: v for k, v in dataclasses.asdict(s).items() if k != 'weight'} for s in plan.sources
+  ]
+  data = json.dumps(
+    {
+      'version': MANIFEST_VERSION,
+      'sources': sources,
+      'identity': plan.identity,
+      'clean': cfg.clean.to_dict(),
+      'dedup': cfg.dedup.to_dict(),
+      'val_fraction': cfg.val_fraction,
+      'max_docs': cfg.max_docs,
+      'skip_bad_records': cfg.skip_bad_records,
+    },
+    sort_keys=True,
+  )
   data_fp = hashlib.sha256(data.encode()).hexdigest()
   tok = json.dumps(cfg.tokenizer.to_dict(), sort_keys=True)
   return data_fp, hashlib.sha256((data_fp + tok).encode()).hexdigest()
@@ -141,8 +182,10 @@ def _reusable(manifest, fingerprint, data_fingerprint, tokenizer) -> bool:
     return False
   if tokenizer is None:
     return manifest['fingerprint'] == fingerprint
-  return (manifest['data_fingerprint'] == data_fingerprint
-          and manifest['tokenizer']['sha256'] == tokenizer.sha256)
+  return (
+    manifest['data_fingerprint'] == data_fingerprint
+    and manifest['tokenizer']['sha256'] == tokenizer.sha256
+  )
 
 
 def _open(directory, manifest, tokenizer):
@@ -150,8 +193,9 @@ def _open(directory, manifest, tokenizer):
   return Prepared(directory, tokenizer, manifest)
 
 
-def prepare(cfg, workdir: str, tokenizer: tokenizer_lib.Tokenizer | None = None,
-            for_eval: bool = False) -> Prepared:
+def prepare(
+  cfg, workdir: str, tokenizer: tokenizer_lib.Tokenizer | None = None, for_eval: bool = False
+) -> Prepared:
   """Builds (or reopens) the token store for config.data `cfg` in WORKDIR/data.
 
   With `tokenizer` (a checkpoint's own), documents are encoded with it rather than a newly
@@ -180,12 +224,16 @@ def prepare(cfg, workdir: str, tokenizer: tokenizer_lib.Tokenizer | None = None,
   _build_in_subprocess(cfg, directory, tokenizer)
   manifest = _read_manifest(directory)
   if manifest is None and cfg.prep.executor == 'slurm':
-    raise Submitted(f'the preparation of {directory} was submitted to Slurm (logs and job '
-                    f'scripts in {os.path.join(directory, "logs")}); run the same command '
-                    'again once its jobs have finished')
+    raise Submitted(
+      f'the preparation of {directory} was submitted to Slurm (logs and job '
+      f'scripts in {os.path.join(directory, "logs")}); run the same command '
+      'again once its jobs have finished'
+    )
   if not _reusable(manifest, fingerprint, data_fp, tokenizer):
-    raise RuntimeError(f'the token store in {directory} was built but does not match the '
-                       'config: did its sources change while it was being prepared?')
+    raise RuntimeError(
+      f'the token store in {directory} was built but does not match the '
+      'config: did its sources change while it was being prepared?'
+    )
   return _open(directory, manifest, tokenizer)
 
 
@@ -210,5 +258,7 @@ def _build_in_subprocess(cfg, directory, tokenizer):
     with open(error_path) as f:
       raise UserError(f.read())
   if code:
-    raise RuntimeError(f'preparing the token store failed (exit {code}); the stages\' logs '
-                       f"are in {os.path.join(directory, 'logs')}")
+    raise RuntimeError(
+      f"preparing the token store failed (exit {code}); the stages' logs "
+      f'are in {os.path.join(directory, "logs")}'
+    )

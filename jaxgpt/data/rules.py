@@ -7,13 +7,13 @@ filters make the same decisions, with the same reasons and line counts: Gopher's
 numpy over the document's code points (codepoints.py), C4's from str methods that run in
 C. tests/test_rules.py holds both to datatrove's on crafted documents and generated prose.
 """
+
 import re
 
 import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
-from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, END_PUNCTUATION, \
-    POLICY_SUBSTRINGS
+from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, END_PUNCTUATION, POLICY_SUBSTRINGS
 from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS
 
 from jaxgpt.data import codepoints
@@ -27,11 +27,21 @@ class GopherQuality(BaseFilter):
   """Word count, mean word length, '#' and ellipses per word, bullet and ellipsis lines,
   words with a letter, and stop words; each threshold None or 0 turns its rule off. Words
   are clean.RegexWords's."""
+
   name = 'gopher_quality'
 
-  def __init__(self, min_doc_words=50, max_doc_words=100_000, min_avg_word_length=3,
-               max_avg_word_length=10, max_symbol_word_ratio=0.1, max_bullet_lines_ratio=0.9,
-               max_ellipsis_lines_ratio=0.3, min_alpha_words_ratio=0.8, min_stop_words=2):
+  def __init__(
+    self,
+    min_doc_words=50,
+    max_doc_words=100_000,
+    min_avg_word_length=3,
+    max_avg_word_length=10,
+    max_symbol_word_ratio=0.1,
+    max_bullet_lines_ratio=0.9,
+    max_ellipsis_lines_ratio=0.3,
+    min_alpha_words_ratio=0.8,
+    min_stop_words=2,
+  ):
     super().__init__()
     self.min_words, self.max_words = min_doc_words, max_doc_words
     self.min_mean, self.max_mean = min_avg_word_length, max_avg_word_length
@@ -39,8 +49,11 @@ class GopherQuality(BaseFilter):
     self.max_bullets, self.max_ellipsis_lines = max_bullet_lines_ratio, max_ellipsis_lines_ratio
     self.min_alpha, self.min_stop_words = min_alpha_words_ratio, min_stop_words
     self.longest_stop_word = max(map(len, STOP_WORDS))
-    self.stop_words = np.unique(_short_word_codes(
-        codepoints.array(' '.join(STOP_WORDS)), *_spans(STOP_WORDS), self.longest_stop_word))
+    self.stop_words = np.unique(
+      _short_word_codes(
+        codepoints.array(' '.join(STOP_WORDS)), *_spans(STOP_WORDS), self.longest_stop_word
+      )
+    )
 
   def filter(self, doc: Document):
     text = doc.text
@@ -49,8 +62,7 @@ class GopherQuality(BaseFilter):
     starts, ends = codepoints.words(cp, flags)
     n_words = starts.size
     # a word is a symbol when every character is punctuation
-    lengths = (ends - starts)[
-        codepoints.counts((flags & codepoints.PUNCT) == 0, starts, ends) > 0]
+    lengths = (ends - starts)[codepoints.counts((flags & codepoints.PUNCT) == 0, starts, ends) > 0]
     if self.min_words and lengths.size < self.min_words:
       return False, 'gopher_short_doc'
     if self.max_words and lengths.size > self.max_words:
@@ -65,11 +77,13 @@ class GopherQuality(BaseFilter):
     if self.max_symbols and (text.count('...') + text.count('…')) / n_words > self.max_symbols:
       return False, 'gopher_too_many_ellipsis'
     lines = text.splitlines()
-    if self.max_bullets and (sum(s.lstrip().startswith(_BULLETS) for s in lines) / len(lines)
-                             > self.max_bullets):
+    if self.max_bullets and (
+      sum(s.lstrip().startswith(_BULLETS) for s in lines) / len(lines) > self.max_bullets
+    ):
       return False, 'gopher_too_many_bullets'
-    if self.max_ellipsis_lines and (sum(s.rstrip().endswith(_ELLIPSES) for s in lines)
-                                    / len(lines) > self.max_ellipsis_lines):
+    if self.max_ellipsis_lines and (
+      sum(s.rstrip().endswith(_ELLIPSES) for s in lines) / len(lines) > self.max_ellipsis_lines
+    ):
       return False, 'gopher_too_many_end_ellipsis'
     alpha = codepoints.counts((flags & codepoints.ALPHA) != 0, starts, ends) > 0
     if self.min_alpha and alpha.sum() / n_words < self.min_alpha:
@@ -96,7 +110,8 @@ def _short_word_codes(cp, starts, ends, longest):
   short = lengths <= longest
   starts, lengths = starts[short], lengths[short]
   chars = np.concatenate([cp, np.zeros(longest, cp.dtype)])[
-      starts[:, None] + np.arange(longest)].astype(np.uint64)
+    starts[:, None] + np.arange(longest)
+  ].astype(np.uint64)
   chars[np.arange(longest) >= lengths[:, None]] = 0
   latin = (chars < 256).all(axis=1)
   shifts = np.arange(longest, dtype=np.uint64) * np.uint64(8)
@@ -107,11 +122,21 @@ class C4Quality(BaseFilter):
   """Keeps the lines that end in terminal punctuation, have enough words, no overlong word,
   no 'javascript' and no cookie or terms-of-use phrase; drops the page for 'lorem ipsum', a
   curly bracket, or too few sentences in the lines kept (-1 turns a number rule off)."""
+
   name = 'c4'
 
-  def __init__(self, words, min_num_sentences=5, min_words_per_line=3, max_word_length=1000,
-               filter_no_terminal_punct=True, filter_lorem_ipsum=True, filter_javascript=True,
-               filter_curly_bracket=True, filter_policy=True):
+  def __init__(
+    self,
+    words,
+    min_num_sentences=5,
+    min_words_per_line=3,
+    max_word_length=1000,
+    filter_no_terminal_punct=True,
+    filter_lorem_ipsum=True,
+    filter_javascript=True,
+    filter_curly_bracket=True,
+    filter_policy=True,
+  ):
     super().__init__()
     self.words = words
     self.min_sentences, self.min_words = min_num_sentences, min_words_per_line
@@ -122,9 +147,18 @@ class C4Quality(BaseFilter):
 
   def filter(self, doc: Document):
     sentences, kept = 0, []
-    counts = dict.fromkeys(('line-total', 'line-filter-too_long_word',
-                            'line-filter-no_terminal_punc', 'line-filter-too_few_words',
-                            'line-filter-javascript', 'line-filter-policy', 'line-kept'), 0)
+    counts = dict.fromkeys(
+      (
+        'line-total',
+        'line-filter-too_long_word',
+        'line-filter-no_terminal_punc',
+        'line-filter-too_few_words',
+        'line-filter-javascript',
+        'line-filter-policy',
+        'line-kept',
+      ),
+      0,
+    )
     try:
       for line in doc.text.splitlines():
         line = line.strip()

@@ -6,6 +6,7 @@ documents joined by the end-of-document id, one file per curation task and split
 when whole, and the manifest lists only finished shards, so a half-written shard is never
 read. The loader reads windows straight from them with `np.memmap`.
 """
+
 import json
 import os
 
@@ -38,11 +39,18 @@ class CuratedWriter(PipelineStep):
   It also keeps a hash-chosen sample of the training documents for the tokenizer, at the
   rate that makes about `data.tokenizer.sample_mb` of the whole corpus.
   """
+
   type = 'jaxgpt'
   name = 'curated documents'
 
-  def __init__(self, folder: str, sample_folder: str, sample_rate: float, val_fraction: float,
-               val_tasks: frozenset):
+  def __init__(
+    self,
+    folder: str,
+    sample_folder: str,
+    sample_rate: float,
+    val_fraction: float,
+    val_tasks: frozenset,
+  ):
     super().__init__()
     self.folder, self.sample_folder = folder, sample_folder
     self.sample_rate, self.val_fraction, self.val_tasks = sample_rate, val_fraction, val_tasks
@@ -97,12 +105,20 @@ def read_sample(folder: str):
 class TokenShards(PipelineStep):
   """Splits documents into train and validation by content hash, encodes them, and writes
   this task's shards and its counts (documents, tokens, length histograms)."""
+
   type = 'jaxgpt'
   name = 'token shards'
 
-  def __init__(self, tokenizer_path: str, directory: str, counts_folder: str,
-               task_sources: list[str], val_tasks: frozenset, val_fraction: float,
-               threads: int):
+  def __init__(
+    self,
+    tokenizer_path: str,
+    directory: str,
+    counts_folder: str,
+    task_sources: list[str],
+    val_tasks: frozenset,
+    val_fraction: float,
+    threads: int,
+  ):
     super().__init__()
     self.tokenizer_path, self.directory = tokenizer_path, directory
     self.counts_folder, self.task_sources = counts_folder, task_sources
@@ -116,8 +132,16 @@ class TokenShards(PipelineStep):
     os.makedirs(folder, exist_ok=True)
     names = {s: os.path.join('shards', source, f'{s}-{rank:05d}.bin') for s in ('train', 'val')}
     files = {s: open(os.path.join(self.directory, n) + '.tmp', 'wb') for s, n in names.items()}
-    counts = {s: {'documents': 0, 'tokens': 0, 'bytes': 0, 'chars_hist': [0] * HIST_BINS,
-                  'tokens_hist': [0] * HIST_BINS} for s in names}
+    counts = {
+      s: {
+        'documents': 0,
+        'tokens': 0,
+        'bytes': 0,
+        'chars_hist': [0] * HIST_BINS,
+        'tokens_hist': [0] * HIST_BINS,
+      }
+      for s in names
+    }
     batch = []
     for doc in data:
       batch.append(doc.text)
@@ -127,11 +151,14 @@ class TokenShards(PipelineStep):
     self._write(tok, dtype, batch, rank, files, counts)
     for s, f in files.items():
       f.close()
-      os.replace(os.path.join(self.directory, names[s]) + '.tmp',
-                 os.path.join(self.directory, names[s]))
+      os.replace(
+        os.path.join(self.directory, names[s]) + '.tmp', os.path.join(self.directory, names[s])
+      )
     os.makedirs(self.counts_folder, exist_ok=True)
-    write_json(os.path.join(self.counts_folder, f'{rank:05d}.json'),
-               {'source': source, 'shards': names, 'splits': counts})
+    write_json(
+      os.path.join(self.counts_folder, f'{rank:05d}.json'),
+      {'source': source, 'shards': names, 'splits': counts},
+    )
     return
     yield
 
@@ -140,8 +167,9 @@ class TokenShards(PipelineStep):
       return
     ids = tok.encode_batch(texts, self.threads)
     for text, doc_ids in zip(texts, ids):
-      split = ('val' if rank in self.val_tasks or clean.val_bucket(text) < self.val_fraction
-               else 'train')
+      split = (
+        'val' if rank in self.val_tasks or clean.val_bucket(text) < self.val_fraction else 'train'
+      )
       arr = np.asarray(doc_ids + [tok.eod_id], dtype)
       files[split].write(arr.tobytes())
       c = counts[split]

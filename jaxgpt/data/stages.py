@@ -8,6 +8,7 @@ stage as a Slurm job array, each depending on the one before, and returns; the l
 writes the manifest. A UserError's message is written to DIRECTORY/error.txt for the
 caller to raise.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -48,6 +49,7 @@ class Stage:
 
 class TrainTokenizer(PipelineStep):
   """Checks that curation left documents, then trains (or copies) the tokenizer."""
+
   type = 'jaxgpt'
   name = 'tokenizer'
 
@@ -62,8 +64,9 @@ class TrainTokenizer(PipelineStep):
     else:
       if not self.cfg.model_path:
         logging.getLogger('jaxgpt').info('training the tokenizer on a sample of the documents')
-      tok = tokenizer_lib.train_or_load(shards.read_sample(os.path.join(self.work, 'sample')),
-                                        self.cfg)
+      tok = tokenizer_lib.train_or_load(
+        shards.read_sample(os.path.join(self.work, 'sample')), self.cfg
+      )
     tok.save(os.path.join(self.directory, 'tokenizer.model'))
     return
     yield
@@ -71,6 +74,7 @@ class TrainTokenizer(PipelineStep):
 
 class Finish(PipelineStep):
   """Writes the manifest (last: its presence means the store is whole) and the data card."""
+
   type = 'jaxgpt'
   name = 'finish'
 
@@ -83,14 +87,25 @@ class Finish(PipelineStep):
     tokenizer = tokenizer_lib.Tokenizer.load(os.path.join(self.directory, 'tokenizer.model'))
     with open(os.path.join(self.work, 'started')) as f:
       seconds = time.time() - float(f.read())
-    manifest = {'version': pipeline.MANIFEST_VERSION,
-                **report.manifest(self.cfg, self.plan, self.work, self.directory, tokenizer,
-                                  self.data_fp, self.fingerprint, seconds)}
+    manifest = {
+      'version': pipeline.MANIFEST_VERSION,
+      **report.manifest(
+        self.cfg,
+        self.plan,
+        self.work,
+        self.directory,
+        tokenizer,
+        self.data_fp,
+        self.fingerprint,
+        seconds,
+      ),
+    }
     report.write_card(self.directory, manifest)
     shards.write_json(os.path.join(self.directory, 'manifest.json'), manifest)
     shutil.rmtree(self.work)  # the store is whole: the stages' work files are not needed
-    logging.getLogger('jaxgpt').info('token store ready in %s (%.0f s): %s', self.directory,
-                                     seconds, report.summary(manifest))
+    logging.getLogger('jaxgpt').info(
+      'token store ready in %s (%.0f s): %s', self.directory, seconds, report.summary(manifest)
+    )
     return
     yield
 
@@ -123,8 +138,15 @@ def workers(cfg, tasks: int) -> int:
   return max(1, min(cfg.prep.workers or os.cpu_count() or 1, tasks))
 
 
-def stages(cfg, plan: pipeline.Plan, directory: str, work: str, data_fp: str,
-           fingerprint: str, given_tokenizer: str | None) -> list[Stage]:
+def stages(
+  cfg,
+  plan: pipeline.Plan,
+  directory: str,
+  work: str,
+  data_fp: str,
+  fingerprint: str,
+  given_tokenizer: str | None,
+) -> list[Stage]:
   units, n = plan.units, len(plan.units)
   by_name = {s.name: s for s in plan.sources}
   val_tasks = frozenset(i for i, u in enumerate(units) if by_name[u.source].split == 'val')
@@ -136,29 +158,55 @@ def stages(cfg, plan: pipeline.Plan, directory: str, work: str, data_fp: str,
   if not (given_tokenizer or cfg.tokenizer.model_path):
     sample_rate = min(1.0, cfg.tokenizer.sample_mb * (1 << 20) / max(sum(unit_bytes), 1))
   dedup_on = cfg.dedup.exact or cfg.dedup.near
-  curate = [curate_lib.Curate(units, by_name, cfg.clean, cfg.skip_bad_records, cfg.max_docs,
-                              folder('curate', 'counts'), folder('curate', 'progress')),
-            shards.CuratedWriter(folder('curated'), folder('sample'), sample_rate,
-                                 val_fraction, val_tasks)]
+  curate = [
+    curate_lib.Curate(
+      units,
+      by_name,
+      cfg.clean,
+      cfg.skip_bad_records,
+      cfg.max_docs,
+      folder('curate', 'counts'),
+      folder('curate', 'progress'),
+    ),
+    shards.CuratedWriter(folder('curated'), folder('sample'), sample_rate, val_fraction, val_tasks),
+  ]
   out = [Stage('curate', curate, n, unit_bytes, folder('curate', 'progress'))]
   if dedup_on:
     curate.append(dedup.Signatures(folder('signatures'), cfg.dedup))
     buckets = dedup.minhash_config(cfg.dedup).num_buckets
-    out += [Stage('buckets', [dedup.buckets_step(folder('signatures'), folder('pairs'),
-                                                 cfg.dedup)], buckets),
-            Stage('clusters', [dedup.Cluster(folder('signatures'), folder('pairs'),
-                                             folder('remove'), cfg.dedup)], 1)]
+    out += [
+      Stage(
+        'buckets', [dedup.buckets_step(folder('signatures'), folder('pairs'), cfg.dedup)], buckets
+      ),
+      Stage(
+        'clusters',
+        [dedup.Cluster(folder('signatures'), folder('pairs'), folder('remove'), cfg.dedup)],
+        1,
+      ),
+    ]
   threads = max(1, (os.cpu_count() or 1) // workers(cfg, n))
   out += [
-      Stage('tokenizer', [TrainTokenizer(cfg.tokenizer, work, directory, given_tokenizer)], 1),
-      Stage('tokenize', [shards.CuratedReader(folder('curated')),
-                         dedup.DropDuplicates(folder('remove') if dedup_on else None,
-                                              folder('dropped')),
-                         shards.TokenShards(os.path.join(directory, 'tokenizer.model'),
-                                            directory, folder('tokenize', 'counts'),
-                                            [u.source for u in units], val_tasks,
-                                            val_fraction, threads)], n, unit_bytes),
-      Stage('finish', [Finish(cfg, plan, work, directory, data_fp, fingerprint)], 1)]
+    Stage('tokenizer', [TrainTokenizer(cfg.tokenizer, work, directory, given_tokenizer)], 1),
+    Stage(
+      'tokenize',
+      [
+        shards.CuratedReader(folder('curated')),
+        dedup.DropDuplicates(folder('remove') if dedup_on else None, folder('dropped')),
+        shards.TokenShards(
+          os.path.join(directory, 'tokenizer.model'),
+          directory,
+          folder('tokenize', 'counts'),
+          [u.source for u in units],
+          val_tasks,
+          val_fraction,
+          threads,
+        ),
+      ],
+      n,
+      unit_bytes,
+    ),
+    Stage('finish', [Finish(cfg, plan, work, directory, data_fp, fingerprint)], 1),
+  ]
   return out
 
 
@@ -168,25 +216,31 @@ def die_with_parent():
   manager), a preparation killed however hard leaves nothing behind writing its store."""
   if sys.platform.startswith('linux'):
     import ctypes
+
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 def run_local(cfg, stage_list: list[Stage], logs: str, language_id: bool):
   """Each stage in turn on datatrove's local executor; each stage's seconds to logs/."""
   from datatrove.executor import LocalPipelineExecutor
+
   if language_id:
     clean.language_identifier()  # loaded here once, shared by the forked workers
   codepoints.table()  # likewise (0.3 s a process)
   seconds = {}
   for stage in stage_list:
     # Forked workers: this interpreter holds no jax and no threads but the progress line's.
-    executor = LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks,
-                                     workers=workers(cfg, stage.tasks),
-                                     logging_dir=os.path.join(logs, stage.name),
-                                     start_method='fork')
+    executor = LocalPipelineExecutor(
+      stage.pipeline,
+      tasks=stage.tasks,
+      workers=workers(cfg, stage.tasks),
+      logging_dir=os.path.join(logs, stage.name),
+      start_method='fork',
+    )
     done = threading.Event()
-    monitor = threading.Thread(target=_progress, daemon=True,
-                               args=(stage, os.path.join(logs, stage.name), done))
+    monitor = threading.Thread(
+      target=_progress, daemon=True, args=(stage, os.path.join(logs, stage.name), done)
+    )
     monitor.start()
     start = time.time()
     try:
@@ -196,8 +250,9 @@ def run_local(cfg, stage_list: list[Stage], logs: str, language_id: bool):
       monitor.join()
     seconds[stage.name] = round(time.time() - start, 2)
     if stage.tasks > 1:
-      log.info('%s: %d tasks done in %s', stage.name, stage.tasks,
-               report.duration(seconds[stage.name]))
+      log.info(
+        '%s: %d tasks done in %s', stage.name, stage.tasks, report.duration(seconds[stage.name])
+      )
   shards.write_json(os.path.join(logs, 'seconds.json'), seconds)
 
 
@@ -214,30 +269,47 @@ def _progress(stage: Stage, logs: str, done: threading.Event):
         with open(os.path.join(stage.progress, name)) as f:
           running[int(name)] = int(f.read() or 0)
     finished = completed - before
-    log.info('%s: %s', stage.name, report.progress(finished, running, stage.tasks,
-                                                   stage.unit_bytes, time.time() - start))
+    log.info(
+      '%s: %s',
+      stage.name,
+      report.progress(finished, running, stage.tasks, stage.unit_bytes, time.time() - start),
+    )
 
 
 def submit_slurm(cfg, stage_list: list[Stage], logs: str) -> str:
   """Submits each stage as a job array depending on the one before; returns a summary."""
   from datatrove.executor import SlurmPipelineExecutor
+
   s = cfg.prep.slurm
   previous = None
   for stage in stage_list:
     previous = SlurmPipelineExecutor(
-        stage.pipeline, tasks=stage.tasks, time=s.time, partition=s.partition,
-        cpus_per_task=s.cpus_per_task, mem_per_cpu_gb=s.mem_per_cpu_gb,
-        job_name=f'jaxgpt-{stage.name}', env_command=s.env_command or None,
-        logging_dir=os.path.join(logs, stage.name), depends=previous, qos=s.qos or None,
-        requeue=True, mail_type='NONE')
+      stage.pipeline,
+      tasks=stage.tasks,
+      time=s.time,
+      partition=s.partition,
+      cpus_per_task=s.cpus_per_task,
+      mem_per_cpu_gb=s.mem_per_cpu_gb,
+      job_name=f'jaxgpt-{stage.name}',
+      env_command=s.env_command or None,
+      logging_dir=os.path.join(logs, stage.name),
+      depends=previous,
+      qos=s.qos or None,
+      requeue=True,
+      mail_type='NONE',
+    )
   previous.run()
   return ', '.join(f'{st.name} ({st.tasks} tasks)' for st in stage_list)
 
 
 def main(argv):
   # absl's layout, as the rest of a run logs: I1201 22:31:24.027 data] ...
-  logging.basicConfig(format='I%(asctime)s.%(msecs)03d data] %(message)s',
-                      datefmt='%m%d %H:%M:%S', level=logging.WARNING, stream=sys.__stderr__)
+  logging.basicConfig(
+    format='I%(asctime)s.%(msecs)03d data] %(message)s',
+    datefmt='%m%d %H:%M:%S',
+    level=logging.WARNING,
+    stream=sys.__stderr__,
+  )
   log.setLevel(logging.INFO)
   directory, config_path = argv[1], argv[2]
   with open(config_path) as f:
@@ -255,21 +327,31 @@ def main(argv):
     # progress goes to the real stderr.
     sys.stderr = open(os.path.join(logs, 'datatrove.log'), 'a', buffering=1)
     from loguru import logger
+
     logger.remove()
     logger.add(sys.stderr, level='INFO')
-    stage_list = stages(cfg, plan, directory, work, data_fp, fingerprint,
-                        argv[3] if len(argv) > 3 else None)
+    stage_list = stages(
+      cfg, plan, directory, work, data_fp, fingerprint, argv[3] if len(argv) > 3 else None
+    )
     total = sum(plan.unit_bytes)
     if cfg.prep.executor == 'slurm':
       summary = submit_slurm(cfg, stage_list, logs)
       log.info('submitted to Slurm: %s; the logs and job scripts are in %s', summary, logs)
       return
-    log.info('preparing %s of text from %d source(s) in %d tasks on %d local worker(s); on a '
-             'cluster: --mode=prepare --config.data.prep.executor=slurm (docs/data.md)',
-             report.size(total), len(plan.sources), len(plan.units),
-             workers(cfg, len(plan.units)))
-    run_local(cfg, stage_list, logs, cfg.clean.language.languages
-              and any(s.profile == 'web' for s in plan.sources))
+    log.info(
+      'preparing %s of text from %d source(s) in %d tasks on %d local worker(s); on a '
+      'cluster: --mode=prepare --config.data.prep.executor=slurm (docs/data.md)',
+      report.size(total),
+      len(plan.sources),
+      len(plan.units),
+      workers(cfg, len(plan.units)),
+    )
+    run_local(
+      cfg,
+      stage_list,
+      logs,
+      cfg.clean.language.languages and any(s.profile == 'web' for s in plan.sources),
+    )
   except UserError as e:
     with open(os.path.join(directory, 'error.txt'), 'w') as f:
       f.write(str(e))

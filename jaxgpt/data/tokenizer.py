@@ -8,6 +8,7 @@ pieces of their own, and byte fallback for characters outside the vocabulary.
 SentencePiece also writes a space as U+2581; a literal U+2581 in the text is escaped so
 that it survives too.
 """
+
 import hashlib
 import io
 import os
@@ -78,8 +79,10 @@ class Tokenizer:
   @classmethod
   def load(cls, path: str) -> 'Tokenizer':
     if not os.path.isfile(path):
-      raise UserError(f'data.tokenizer.model_path: {path!r} does not exist; '
-                      'name a SentencePiece .model file or leave it empty to train one')
+      raise UserError(
+        f'data.tokenizer.model_path: {path!r} does not exist; '
+        'name a SentencePiece .model file or leave it empty to train one'
+      )
     with open(path, 'rb') as f:
       return cls(f.read())
 
@@ -113,8 +116,10 @@ def train(texts, cfg) -> Tokenizer:
     raise UserError(f"data.tokenizer.kind={cfg.kind!r}: use 'bpe', 'unigram' or 'char'")
   minimum = 256 + 8 if cfg.byte_fallback else 16
   if cfg.vocab_size < minimum:
-    raise UserError(f'data.tokenizer.vocab_size={cfg.vocab_size} is too small: byte fallback '
-                    f'alone needs 256 ids; use at least {minimum}')
+    raise UserError(
+      f'data.tokenizer.vocab_size={cfg.vocab_size} is too small: byte fallback '
+      f'alone needs 256 ids; use at least {minimum}'
+    )
   chunks = training_chunks(texts, cfg.train_chunks)
   if not chunks:
     raise UserError('no training text for the tokenizer: the corpus is empty after cleaning')
@@ -125,22 +130,37 @@ def train(texts, cfg) -> Tokenizer:
     most = re.search(r'value <= (\d+)', str(e))
     if not most:
       raise
-    raise UserError(f'data.tokenizer.vocab_size={cfg.vocab_size} is more than this corpus '
-                    f'supports; use at most {most.group(1)}') from None
+    raise UserError(
+      f'data.tokenizer.vocab_size={cfg.vocab_size} is more than this corpus '
+      f'supports; use at most {most.group(1)}'
+    ) from None
   return Tokenizer(model.getvalue())
 
 
 def _train_sentencepiece(chunks, model, cfg):
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(chunks), model_writer=model, model_type=cfg.kind,
-      vocab_size=cfg.vocab_size, hard_vocab_limit=cfg.kind != 'char',
-      normalization_rule_name='identity', remove_extra_whitespaces=False,
-      add_dummy_prefix=False, allow_whitespace_only_pieces=True, split_digits=False,
-      user_defined_symbols=['\n', '\t'], byte_fallback=cfg.byte_fallback,
-      character_coverage=0.9995 if cfg.byte_fallback else 1.0,
-      max_sentence_length=1 << 20, input_sentence_size=0,
-      pad_id=PAD_ID, unk_id=UNK_ID, eos_id=EOD_ID, bos_id=-1,
-      num_threads=os.cpu_count() or 1, minloglevel=2)
+    sentence_iterator=iter(chunks),
+    model_writer=model,
+    model_type=cfg.kind,
+    vocab_size=cfg.vocab_size,
+    hard_vocab_limit=cfg.kind != 'char',
+    normalization_rule_name='identity',
+    remove_extra_whitespaces=False,
+    add_dummy_prefix=False,
+    allow_whitespace_only_pieces=True,
+    split_digits=False,
+    user_defined_symbols=['\n', '\t'],
+    byte_fallback=cfg.byte_fallback,
+    character_coverage=0.9995 if cfg.byte_fallback else 1.0,
+    max_sentence_length=1 << 20,
+    input_sentence_size=0,
+    pad_id=PAD_ID,
+    unk_id=UNK_ID,
+    eos_id=EOD_ID,
+    bos_id=-1,
+    num_threads=os.cpu_count() or 1,
+    minloglevel=2,
+  )
 
 
 def train_or_load(texts, cfg) -> Tokenizer:

@@ -1,16 +1,18 @@
-"""Synthetic corpora made from this machine's own text: no download.
+"""Generated text and token batches for tests and benchmarks, made on this machine: no download.
 
 `Prose` is a word bigram model of the standard library's docstrings (English prose with
 stop words and sentences), so its documents pass the 'web' profile's rules; every document
 is distinct. `planted_pairs` makes documents and near copies of known word 5-gram Jaccard
 similarity, for measuring near-duplicate detection.
 """
+
 import ast
 import collections
 import json
 import os
 import random
 
+import numpy as np
 from datatrove.utils.text import simplify_text
 
 from jaxgpt.data import corpus
@@ -65,15 +67,24 @@ def _write_shard(args):
   return path
 
 
-def write_jsonl_shards(folder: str, prose: Prose, total_bytes: int, shard_bytes: int,
-                       seed: int = 0) -> list[str]:
+def write_jsonl_shards(
+  folder: str, prose: Prose, total_bytes: int, shard_bytes: int, seed: int = 0
+) -> list[str]:
   """Distinct documents of 1-8 kB in JSONL shards of shard_bytes, total_bytes in all; the
   shards are written in parallel, each from its own seed."""
   import multiprocessing
+
   os.makedirs(folder, exist_ok=True)
   n = -(-total_bytes // shard_bytes)
-  jobs = [(os.path.join(folder, f'shard-{i:05d}.jsonl'), prose,
-           min(shard_bytes, total_bytes - i * shard_bytes), seed * 100_003 + i) for i in range(n)]
+  jobs = [
+    (
+      os.path.join(folder, f'shard-{i:05d}.jsonl'),
+      prose,
+      min(shard_bytes, total_bytes - i * shard_bytes),
+      seed * 100_003 + i,
+    )
+    for i in range(n)
+  ]
   with multiprocessing.get_context('fork').Pool(os.cpu_count()) as pool:
     return pool.map(_write_shard, jobs)
 
@@ -82,7 +93,7 @@ def shingle_set(text: str, n: int = 5) -> set:
   """Word n-grams as datatrove's MinHash sees them (jaxgpt.data.dedup.shingles hashes the
   same words)."""
   words = simplify_text(text).split()
-  return {' '.join(words[i:i + n]) for i in range(len(words) - n + 1)}
+  return {' '.join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def jaccard(a: str, b: str, n: int = 5) -> float:
@@ -108,3 +119,15 @@ def planted_pairs(prose: Prose, n_pairs: int, seed: int = 0):
     copy = near_copy(doc, changes, rng, prose.starts)
     out.append((doc, copy, jaccard(doc, copy)))
   return out
+
+
+def random_batch(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
+  """A (batch, seq_len) next-token batch of random ids from 3 (past the special ids), all
+  weighted."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, vocab, (batch, seq_len + 1), dtype=np.int32)
+  return {
+    'inputs': tokens[:, :-1],
+    'targets': tokens[:, 1:],
+    'weights': np.ones((batch, seq_len), np.float32),
+  }
