@@ -27,6 +27,14 @@ def no_compilation():
   assert not compiles, 'the error came after compiling'
 
 
+def test_the_compile_listener_sees_a_compile():
+  """Positive control for no_compilation: a fresh jitted function compiled inside it fails it,
+  so the tests below would notice an error raised after compiling."""
+  with pytest.raises(AssertionError, match='the error came after compiling'):
+    with no_compilation():
+      jax.jit(lambda x: x * 3 + 1)(jax.numpy.arange(5.0)).block_until_ready()
+
+
 def _fails(config, workdir, match):
   with no_compilation(), pytest.raises(UserError, match=match):
     train.train_and_evaluate(config, str(workdir))

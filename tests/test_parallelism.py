@@ -1,5 +1,7 @@
 """Tensor (Megatron) and fully-sharded (ZeRO-3) layouts, read off the compiled train step."""
 
+import collections
+import math
 import re
 
 import jax
@@ -19,11 +21,11 @@ def _compiled(corpus_dir, tensor=1, fsdp=1, seq_len=64):
   c.mesh.shape.data, c.mesh.shape.fsdp, c.mesh.shape.tensor = 1, fsdp, tensor
   mesh = sharding.make_mesh(c.mesh, jax.devices()[: tensor * fsdp])
   s = train.setup(c, model_lib.ModelConfig.from_config(c.model, VOCAB), mesh)
-  return plan.compile_train_step(c, s)
+  return plan.compile_train_step(c, s), s
 
 
 def test_tensor_parallel_loss_never_gathers_logits(corpus_dir):
-  hlo = _compiled(corpus_dir, tensor=8).as_text()
+  hlo = _compiled(corpus_dir, tensor=8)[0].as_text()
   kinds = plan.collectives(hlo)
   assert set(kinds) == {'all-reduce'}  # Megatron: activations all-reduced, nothing gathered
   for line in hlo.splitlines():
@@ -34,7 +36,7 @@ def test_tensor_parallel_loss_never_gathers_logits(corpus_dir):
 
 def test_activation_memory_shrinks_as_tensor_grows(corpus_dir):
   temps = [
-    _compiled(corpus_dir, tensor=t, seq_len=128).memory_analysis().temp_size_in_bytes
+    _compiled(corpus_dir, tensor=t, seq_len=128)[0].memory_analysis().temp_size_in_bytes
     for t in (1, 2, 4, 8)
   ]
   assert all(a > b for a, b in zip(temps, temps[1:])), temps
@@ -42,8 +44,21 @@ def test_activation_memory_shrinks_as_tensor_grows(corpus_dir):
 
 
 def test_fsdp_gathers_params_and_scatters_gradients(corpus_dir):
-  kinds = plan.collectives(_compiled(corpus_dir, fsdp=8).as_text())
-  assert kinds['all-gather']['count'] > 0
-  # Gradients leave the step sharded: reduce-scattered (or all-reduced then sliced, as XLA's
-  # CPU backend does), never kept whole.
-  assert 'reduce-scatter' in kinds or 'all-reduce' in kinds
+  compiled, s = _compiled(corpus_dir, fsdp=8)
+  hlo = compiled.as_text()
+  assert plan.collectives(hlo)['all-gather']['count'] > 0
+  # Gradients stay sharded: AdamW's update (the square root of each second moment) runs on
+  # every param's fsdp shard, never on a whole param, whichever collective XLA reduced the
+  # gradient with (the CPU backend all-reduces, then slices).
+  sqrt_shapes = collections.Counter(
+    tuple(int(d) for d in dims.split(',') if d)
+    for dims in re.findall(r'= f32\[([\d,]*)\]\S* sqrt\(', hlo)
+  )
+  del sqrt_shapes[()]  # the gradient norm's
+  params = jax.tree.leaves(s.abstract_state.params)
+  shards = [p.sharding.shard_shape(p.shape) for p in params]
+  assert sqrt_shapes == collections.Counter(shards)
+  # ... and those shards are an eighth of every param with an embed (d_model = 64) axis.
+  assert all(
+    math.prod(k) * 8 == math.prod(p.shape) for k, p in zip(shards, params) if 64 in p.shape
+  )

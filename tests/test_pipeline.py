@@ -134,7 +134,8 @@ def test_eval_batches_pad_with_zero_weights(prepared):
   batches = list(loader.eval_batches(prepared, 32, 8))
   assert len(batches) == -(-len(source) // 8)
   assert sum(b['weights'].sum() for b in batches) == len(source) * 32
-  assert json.dumps(prepared.manifest)  # the manifest is plain JSON
+  # The manifest is plain JSON: it survives a round trip unchanged (no tuples, numpy scalars).
+  assert json.loads(json.dumps(prepared.manifest)) == prepared.manifest
 
 
 def test_explicit_validation_source_and_tokenizer_sees_train_only(corpus_dir, tmp_path):
