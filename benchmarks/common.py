@@ -9,7 +9,7 @@ import jax
 from experiments import default
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
-from jaxgpt import train
+from jaxgpt import runstate
 from jaxgpt.data import synthetic
 
 
@@ -29,7 +29,7 @@ def setup(config, devices=None):
   devices = devices or jax.devices()[:1]
   mesh = sharding.make_mesh(config.mesh, devices)
   cfg = model_lib.ModelConfig.from_config(config.model, config.data.tokenizer.vocab_size)
-  return train.setup(config, cfg, mesh)
+  return runstate.pretraining(config, cfg, mesh)
 
 
 def random_batch(config, vocab, seed=0):

@@ -67,7 +67,7 @@ def main():
   rows = []
   for n in NEW_TOKENS:
     settings = generate.Sampling(max_new_tokens=n, temperature=1.0, seed=0)
-    gen = generate.Generator(s.model, params, settings, eod_id=-1, pad_id=0)
+    gen = generate.Generator(s.model, params, s.mesh, settings, eod_id=-1, pad_id=0)
     if not rows:
       _warm_up(gen, args.batch)
     cached_s, cached = _timed(lambda: gen.generate(prompts), args.repeats)
@@ -76,7 +76,9 @@ def main():
       lambda: gen.generate_uncached(prompts), args.repeats if n <= 128 else 1
     )
     assert cached == uncached, 'the cached and uncached paths drew different tokens'
-    gen_scan = generate.Generator(scanned.model, scanned_params, settings, eod_id=-1, pad_id=0)
+    gen_scan = generate.Generator(
+      scanned.model, scanned_params, scanned.mesh, settings, eod_id=-1, pad_id=0
+    )
     gen_scan.generate(prompts)  # compiles
     scan_s, _ = _timed(lambda: gen_scan.generate(prompts), args.repeats)
     tokens = n * args.batch

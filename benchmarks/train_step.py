@@ -29,7 +29,7 @@ from benchmarks import common  # noqa: E402
 from jaxgpt import attention  # noqa: E402
 from jaxgpt import metrics  # noqa: E402
 from jaxgpt import sharding  # noqa: E402
-from jaxgpt import train  # noqa: E402
+from jaxgpt import step as step_lib  # noqa: E402
 
 CONFIGS = {  # name: (layers, heads, width, seq_len, batch)
   'small 4L/128w/64t': (4, 4, 128, 64, 12),
@@ -43,7 +43,7 @@ def measure(name, shape, repeats, **model):
   state = s.init_state(0)
   batch = sharding.global_batch(common.random_batch(config, s.model.cfg.vocab_size), s.mesh)
   with s.context():
-    step = train.jit_train_step(s, config)
+    step = step_lib.jit_train_step(s, config)
     holder = [state]
 
     def run():

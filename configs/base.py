@@ -163,7 +163,9 @@ def model_config() -> ml_collections.ConfigDict:
   m.scan_layers = False  # nn.scan over blocks: compile time flat in depth
   m.remat = 'none'  # 'none', 'full', 'dots', 'dots_no_batch': what backward recomputes
   m.attention_block = 0  # query block size for causal attention (0: one full block)
-  m.loss_chunks = 8  # train and eval loss: logits in this many chunks of positions (less memory)
+  # 1: the plain loss (jaxgpt/loss.py), whole logits at once. N > 1: the same loss made N
+  # chunks of positions at a time (jaxgpt/chunked_loss.py): less memory for a big vocabulary.
+  m.loss_chunks = 1
   m.init_std = 0.02
   return m
 
@@ -196,6 +198,8 @@ def train_config() -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3
   t.async_checkpoints = True
   t.seed = 0
+  t.z_loss = 0.0  # weight of log(Z)^2 per token, keeping the softmax normaliser near 1 (PaLM: 1e-4)
+  t.label_smoothing = 0.0  # share of each target's probability spread over the vocabulary
   t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0: measure a matmul at start-up
   # A non-finite loss or gradient: False stops the run (the last good checkpoint stays the
   # latest); True skips that update, keeps the params, and counts it.

@@ -14,6 +14,7 @@ def get_config(arg='124m'):
   c.model.vocab_size = 50257
   c.data.tokenizer.vocab_size = 50257
   c.model.dtype = 'bfloat16'
+  c.model.loss_chunks = 8  # a 50k vocabulary: the logits would be the step's largest arrays
   c.train.batch_size = 512  # GPT-2's batch: 512 x 1024 tokens
   c.train.steps = 100_000
   c.train.log_every = 100

@@ -22,6 +22,7 @@ def get_config(arg='125m'):
   c.model.vocab_size = 50257
   c.data.tokenizer.vocab_size = 50257
   c.model.dtype = 'bfloat16'
+  c.model.loss_chunks = 8  # a 50k vocabulary: the logits would be the step's largest arrays
   c.model.scan_layers = True  # compile time flat in depth
   c.model.remat = 'full'  # keep only each block's input; recompute the rest
   c.train.batch_size = _BATCH[arg]

@@ -4,6 +4,7 @@ Bits per byte divide the summed loss by the bytes the target tokens stand for (f
 tokenizer's per-id byte table), so runs with different tokenizers compare fairly.
 """
 
+import logging
 import math
 
 import jax
@@ -12,13 +13,17 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxgpt import loss as loss_lib
+from jaxgpt import sharding
+from jaxgpt.data import loader
+
+log = logging.getLogger('jaxgpt')
 
 
 def make_eval_step(model):
   def eval_step(params, batch, byte_table_V):
-    # The train step's loss, chunked the same way: evaluation's logits take no more
-    # memory than training's.
-    nll = loss_lib.lm_nll_sum(model, params, batch, deterministic=True)
+    # The train step's loss without its regularisers, chunked the same way: evaluation's
+    # logits take no more memory than training's.
+    nll, _ = loss_lib.next_token_loss(model, params, batch)
     weights_BxL = batch['weights']
     return {
       'nll': nll,
@@ -56,6 +61,35 @@ def make_jitted_eval_step(model, state_param_shardings, batch_sharding):
     in_shardings=(state_param_shardings, batch_sharding, replicated),
     out_shardings=replicated,
   )
+
+
+def make_evaluator(config, run, prepared, writer):
+  """run_eval(params, step): validation loss, perplexity and bits per byte, logged; called
+  under run.context()."""
+  tc, seq_len = config.train, run.model.cfg.seq_len
+  eval_step = make_jitted_eval_step(
+    run.model, run.state_shardings.params, sharding.batch_sharding(run.mesh)
+  )
+  table_V = byte_table(prepared.tokenizer, run.model.cfg.vocab_size)
+
+  def run_eval(params, step):
+    batches = loader.eval_batches(
+      prepared, seq_len, tc.batch_size, tc.eval_batches, jax.process_index(), jax.process_count()
+    )
+    result = evaluate(
+      eval_step, params, batches, table_V, lambda b: sharding.global_batch(b, run.mesh)
+    )
+    writer.write(step, 'eval', result)
+    log.info(
+      'eval step %d | loss %.4f | ppl %.2f | bits/byte %.4f',
+      step,
+      result['loss'],
+      result['perplexity'],
+      result['bits_per_byte'],
+    )
+    return result
+
+  return run_eval
 
 
 def byte_table(tokenizer, vocab_size):

@@ -1,13 +1,16 @@
 """Fine-tuning a pretrained checkpoint: text classification and instruction following.
 
 The pretrained run (finetune.base_workdir) gives the model's shape, the tokenizer and the
-initial params. The fine-tune's state holds only what trains (finetune.trainable); the
-rest stays frozen, passed to the same jitted step and loop as pretraining, so a fine-tune
-runs on any mesh, checkpoints (only its trainable params, with the data-loader state) and
-resumes exactly like pretraining.
+initial params. A fine-tune is configuration of the one train step: `build_run` makes its
+runstate.Run from its model (a Classifier, or the decoder for instructions), its loss
+(inside LoRA's adapters when they train) and an optimizer that updates only what
+finetune.trainable names (optim.make's freezing; the loss stops the gradient of the rest,
+so none is computed). It runs on any mesh, checkpoints only what trains (with the
+data-loader state) and resumes exactly like pretraining.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -16,17 +19,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import traverse_util
 
 from jaxgpt import checkpoint as checkpoint_lib
+from jaxgpt import classifier
 from jaxgpt import faults
 from jaxgpt import finetune_eval
+from jaxgpt import loss as loss_lib
 from jaxgpt import lora
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
+from jaxgpt import optim
 from jaxgpt import sharding
+from jaxgpt import runstate
 from jaxgpt import train
+from jaxgpt import trees
 from jaxgpt import workdir as workdir_lib
 from jaxgpt.data import finetune_data as fdata
 from jaxgpt.data import loader
@@ -80,83 +86,79 @@ def with_base_model(config, base: Base):
   return config
 
 
-def model_config(config, tokenizer) -> model_lib.ModelConfig:
-  fc = config.finetune
-  cfg = model_lib.ModelConfig.from_config(config.model, tokenizer.vocab_size)
-  if fc.trainable == 'lora':
-    if fc.lora.rank <= 0:
-      raise UserError(
-        f'finetune.lora.rank={fc.lora.rank} must be positive with finetune.trainable=lora'
-      )
-    cfg = dataclasses.replace(
-      cfg,
-      lora_rank=fc.lora.rank,
-      lora_alpha=fc.lora.alpha,
-      lora_dropout=fc.lora.dropout,
-      lora_targets=lora.check_targets(fc.lora.targets),
-    )
-  return cfg
-
-
-def _classify_loss(model):
-  def loss_fn(params, frozen, batch, rng):
-    logits_BxC = model.apply(
-      {'params': lora.merge(params, frozen)},
-      batch['inputs'],
-      batch['last'],
-      deterministic=False,
-      rngs={'dropout': rng},
-    )
-    nll_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch['labels'])
-    return (nll_B * batch['weights']).sum(), batch['weights'].sum()
-
-  return loss_fn
-
-
-def make_setup(config, mesh, cfg, num_classes: int = 0) -> train.Setup:
+def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.Run:
+  """The fine-tune's Run: its model, its loss and an optimizer that freezes what does not
+  train. Its state holds every param; checkpoints hold the trainable ones."""
   fc = config.finetune
   if fc.task not in ('classify', 'instruct'):
     raise UserError(f'finetune.task={fc.task!r}: use classify or instruct')
-  if fc.task == 'classify':
-    model = model_lib.Classifier(cfg, num_classes)
-    is_trainable = lora.predicate(fc.trainable, cfg, fc.last_k, prefix=('backbone',))
-    return train.setup(config, cfg, mesh, model, is_trainable, _classify_loss(model))
-  if fc.trainable == 'head':
+  if fc.task == 'instruct' and fc.trainable == 'head':
     raise UserError(
       'finetune.trainable=head is for classification; an instruction fine-tune '
       'trains last_k, all or lora'
     )
-  model = model_lib.Transformer(cfg)
-  is_trainable = lora.predicate(fc.trainable, cfg, fc.last_k)
-  return train.setup(config, cfg, mesh, model, is_trainable, train.lm_loss(model))
+  cfg = model_lib.ModelConfig.from_config(config.model, vocab_size)
+  spec = lora.of_finetune(config.finetune)
+  if fc.task == 'classify':
+    model = classifier.Classifier(cfg, num_classes)
+    is_trainable = lora.predicate(fc.trainable, cfg, fc.last_k, prefix=('backbone',))
+    task_loss, task_init = classifier.loss, classifier.init_fn(model)
+    batch_shapes = functools.partial(classifier.batch_shapes, cfg.seq_len)
+  else:
+    model = model_lib.Transformer(cfg)
+    is_trainable = lora.predicate(fc.trainable, cfg, fc.last_k)
+    task_loss = lambda m, params, batch, rng: loss_lib.next_token_loss(m, params, batch, rng=rng)
+    task_init, batch_shapes = runstate.init_fn(model), None
+
+  def init_fn(rng):
+    with lora.adapters(spec):
+      return task_init(rng)
+
+  def loss_fn(params, batch, rng):
+    params = trees.stop_gradient_where(params, lambda path: not is_trainable(path))
+    with lora.adapters(spec, deterministic=False):
+      return task_loss(model, params, batch, rng)
+
+  tx, lr = optim.make(config.optim, config.train.steps, trainable=is_trainable)
+  run = runstate.build(config, mesh, model, loss_fn, init_fn, tx, lr, 0.0, batch_shapes)
+  # Frozen params (bar the position table, which no matmul reads) take no weight gradients.
+  frozen = trees.split(
+    run.abstract_state.params, lambda path: is_trainable(path) or path[-1] == 'pos_embed'
+  )[1]
+  return dataclasses.replace(
+    run, flops_per_token=metrics_lib.flops_per_token(cfg, trees.count(frozen))
+  )
+
+
+def trainable_of(config, run: runstate.Run):
+  """is_trainable(path) of the fine-tune's params."""
+  prefix = ('backbone',) if config.finetune.task == 'classify' else ()
+  return lora.predicate(config.finetune.trainable, run.model.cfg, config.finetune.last_k, prefix)
+
+
+def saved_view(state: runstate.TrainState, is_trainable) -> runstate.TrainState:
+  """What a fine-tune's checkpoint holds: the step, the trainable params, their moments."""
+  return state.replace(params=trees.split(state.params, is_trainable)[0])
 
 
 def _base_params(config, base: Base, mesh):
   """The pretrained params alone (no optimizer moments), restored onto this mesh with the
   shardings the same rules give them here."""
   cfg = model_lib.ModelConfig.from_config(config.model, base.tokenizer.vocab_size)
-  abstract = train.setup(config, cfg, mesh).abstract_state.params
+  abstract = runstate.pretraining(config, cfg, mesh).abstract_state.params
   ckpt = checkpoint_lib.Checkpointer(base.workdir, async_save=False)
   params = ckpt.restore_params(base.step, abstract)
   ckpt.close()
   return params
 
 
-def initial_params(config, s: train.Setup, base: Base, seed: int, classify: bool):
-  """(trainable, frozen): fresh heads and adapters, every other param the pretrained one."""
-  with s.context():
-    fresh = jax.jit(lambda r: train._strip_boxes(train.init_params(s.model, r)))(
-      jax.random.key(seed)
-    )
-  pretrained = _base_params(config, base, s.mesh)
-  if classify:
+def initial_params(config, run: runstate.Run, base: Base, seed: int):
+  """Fresh heads and adapters, every other param the pretrained one (under run.context())."""
+  pretrained = _base_params(config, base, run.mesh)
+  if config.finetune.task == 'classify':
     pretrained = {'backbone': pretrained}
-  full = lora.merge(fresh, pretrained)
-  trainable_sh = s.state_shardings.params
-  trainable_paths = set(traverse_util.flatten_dict(trainable_sh))
-  trainable, frozen = lora.split(full, lambda path: path in trainable_paths)
-  put = lambda tree, sh: jax.tree.map(jax.device_put, tree, sh)
-  return put(trainable, trainable_sh), put(frozen, s.frozen_shardings)
+  full = trees.merge(run.init_params(seed), pretrained)
+  return jax.tree.map(jax.device_put, full, run.state_shardings.params)
 
 
 def prepare(config, workdir, base: Base):
@@ -204,7 +206,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   base = open_base(config.finetune)
   config = with_base_model(config, base)
   mesh = sharding.make_mesh(config.mesh)
-  train.check_config(config, mesh)
+  runstate.check_config(config, mesh)
   with workdir_lib.owned(workdir, jax.process_index() == 0):
     return _train_and_evaluate(config, workdir, base, mesh)
 
@@ -218,82 +220,85 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
       lambda step: ckpt.restore_json(step, 'config'), with_data=True, set_aside=True
     )
     faults.check_resumable(config, saved, workdir)
-  cfg = model_config(config, base.tokenizer)
+  lora.of_finetune(config.finetune)  # its fields are checked before the data is read
   splits, arrays, labels = prepare(config, workdir, base)
   if len(arrays['train']['weights']) < tc.batch_size:
     raise UserError(
       f'the training split has {len(arrays["train"]["weights"])} rows, fewer than '
       f'one batch ({tc.batch_size}); lower train.batch_size'
     )
-  s = make_setup(config, mesh, cfg, len(labels or ()))
+  run = build_run(config, mesh, base.tokenizer.vocab_size, len(labels or ()))
+  is_trainable = trainable_of(config, run)
+  saved_abstract = saved_view(run.abstract_state, is_trainable)
   log.info(
     'fine-tuning %s: %s trainable of %s params (%s)',
     fc.task,
-    f'{lora.count(s.abstract_state.params):,}',
-    f'{lora.count(s.abstract_state.params) + lora.count(s.frozen_abstract):,}',
+    f'{trees.count(saved_abstract.params):,}',
+    f'{trees.count(run.abstract_state.params):,}',
     fc.trainable,
   )
-  if latest is not None and latest >= tc.steps:
-    log.info('the run in %s is complete (step %d of %d)', workdir, latest, tc.steps)
+  if latest is not None:
+    faults.check_shapes(
+      checkpoint_lib.shapes(saved_abstract), ckpt.saved_shapes(latest), config, saved, workdir
+    )
+    if latest >= tc.steps:
+      log.info('the run in %s is complete (step %d of %d)', workdir, latest, tc.steps)
   source = fdata.ArraySource(arrays['train'], f'{fc.task}-train')
   data_iter = iter(
     loader.batch_loader(source, tc.batch_size, tc.seed, jax.process_index(), jax.process_count())
   )
-  trainable, s.frozen = initial_params(config, s, base, tc.seed, fc.task == 'classify')
-  with s.context():
-    state = jax.jit(
-      lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, s.tx.init(p)),
-      out_shardings=s.state_shardings,
-    )(trainable)
-  if latest is not None:
-    faults.check_shapes(
-      checkpoint_lib.shapes(s.abstract_state), ckpt.saved_shapes(latest), config, saved, workdir
+  with run.context():
+    state = run.init_state(params=initial_params(config, run, base, tc.seed))
+    if latest is not None:
+      restore = lambda step: ckpt.restore(step, saved_abstract, data_iter)
+      latest, restored = ckpt.newest_intact(restore, with_data=True, set_aside=True)
+      state = restored.replace(params=trees.merge(state.params, restored.params))
+      log.info('resuming from step %d', latest)
+    writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0, start_step=latest or 0)
+    evaluate_cls = (
+      finetune_eval.ClassifyEval if fc.task == 'classify' else finetune_eval.InstructEval
     )
-    restore = lambda step: ckpt.restore(step, s.abstract_state, data_iter)
-    latest, state = ckpt.newest_intact(restore, with_data=True, set_aside=True)
-    log.info('resuming from step %d', latest)
-  writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0, start_step=latest or 0)
-  evaluate_cls = finetune_eval.ClassifyEval if fc.task == 'classify' else finetune_eval.InstructEval
-  evaluator = evaluate_cls(config, s, base, arrays, labels)
-  run_eval = lambda params, step: evaluator.during_training(params, step, writer)
-  save = lambda step, st: ckpt.save(step, st, data_iter, config, base.tokenizer)
-  try:
-    if latest is None or latest < tc.steps:
-      state, _, stopped = train.train_loop(
-        config, s, state, data_iter, writer, run_eval, save, latest
+    evaluator = evaluate_cls(config, run, base, arrays, labels)
+    run_eval = lambda params, step: evaluator.during_training(params, step, writer)
+    save = lambda step, st: ckpt.save(
+      step, saved_view(st, is_trainable), data_iter, config, base.tokenizer
+    )
+    try:
+      if latest is None or latest < tc.steps:
+        state, _, stopped = train.train_loop(
+          config, run, state, data_iter, writer, run_eval, save, latest
+        )
+        if stopped:
+          return {'stopped': True, 'step': int(state.step)}
+    finally:
+      ckpt.wait()
+      ckpt.close()
+      writer.close()
+    if int(state.step) < tc.steps:  # train.run_steps ended this invocation early
+      return {'step': int(state.step)}
+    if jax.process_index() == 0:
+      metrics_lib.plot_losses(
+        os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'loss.png')
       )
-      if stopped:
-        return {'stopped': True, 'step': int(state.step)}
-  finally:
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-  if int(state.step) < tc.steps:  # train.run_steps ended this invocation early
-    return {'step': int(state.step)}
-  if jax.process_index() == 0:
-    metrics_lib.plot_losses(
-      os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'loss.png')
-    )
-  return evaluator.final(state.params, int(state.step), workdir, splits)
+    return evaluator.final(state.params, int(state.step), workdir, splits)
 
 
 def _restore_finetuned(config, workdir: str, base: Base, labels=None):
-  """(Setup with its frozen params, the trained params, step) of the latest checkpoint of
-  the fine-tune in workdir."""
+  """(Run, every param of the latest checkpoint of the fine-tune in workdir, its step); the
+  caller enters run.context()."""
   mesh = sharding.make_mesh(config.mesh)
-  train.check_config(config, mesh)
-  cfg = model_config(config, base.tokenizer)
-  s = make_setup(config, mesh, cfg, len(labels or ()))
+  runstate.check_config(config, mesh)
+  run = build_run(config, mesh, base.tokenizer.vocab_size, len(labels or ()))
   ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
   step = ckpt.latest_step()
   if step is None:
     raise UserError(f'no fine-tuning checkpoint in {workdir}; train first (--mode=train)')
-  _, s.frozen = initial_params(
-    config, s, base, config.train.seed, config.finetune.task == 'classify'
-  )
-  trained = ckpt.restore_params(step, s.abstract_state.params)
+  saved_abstract = saved_view(run.abstract_state, trainable_of(config, run))
+  with run.context():
+    full = initial_params(config, run, base, config.train.seed)
+  trained = ckpt.restore_params(step, saved_abstract.params)
   ckpt.close()
-  return s, trained, step
+  return run, trees.merge(full, trained), step
 
 
 def predict(config, workdir: str, input_file: str) -> list[dict]:
@@ -312,9 +317,10 @@ def predict(config, workdir: str, input_file: str) -> list[dict]:
     raise UserError(f'{input_file} holds no texts')
   base = open_base(fc)
   config = with_base_model(config, base)
-  s, params, step = _restore_finetuned(config, workdir, base, labels)
+  run, params, step = _restore_finetuned(config, workdir, base, labels)
   arrays = fdata.encode_classification(records, base.tokenizer, None, config.model.seq_len, fc)
-  logits = finetune_eval.ClassifyEval(config, s, base, {}, labels).predict(params, arrays)
+  with run.context():
+    logits = finetune_eval.ClassifyEval(config, run, base, {}, labels).predict(params, arrays)
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   out = [
@@ -342,16 +348,16 @@ def export(config, workdir: str) -> str:
     )
   base = open_base(fc)
   config = with_base_model(config, base)
-  s, params, step = _restore_finetuned(config, workdir, base)
-  full = lora.merge(params, s.frozen)
-  if s.model.cfg.lora_rank:
-    full = lora.merge_adapters(full, s.model.cfg)
-  plain = train.setup(config, dataclasses.replace(s.model.cfg, lora_rank=0), s.mesh)
+  run, params, step = _restore_finetuned(config, workdir, base)
+  spec = lora.of_finetune(config.finetune)
+  if spec is not None:
+    params = lora.merge_adapters(params, spec, run.model.cfg.scan_layers)
+  plain = runstate.pretraining(config, run.model.cfg, run.mesh)
   with plain.context():
-    state = jax.jit(
-      lambda p: train.TrainState(jnp.asarray(step, jnp.int32), p, plain.tx.init(p)),
-      out_shardings=plain.state_shardings,
-    )(full)
+    state = plain.init_state(
+      params=jax.tree.map(jax.device_put, params, plain.state_shardings.params)
+    )
+    state = state.replace(step=jnp.asarray(step, jnp.int32))
   out_dir = os.path.join(workdir, 'merged')
   ckpt = checkpoint_lib.Checkpointer(out_dir, async_save=False)
   ckpt.save(step, state, None, ml_collections.ConfigDict(base.config), base.tokenizer, force=True)
@@ -359,3 +365,13 @@ def export(config, workdir: str) -> str:
   ckpt.close()
   log.info('wrote the merged model (step %d) to %s', step, out_dir)
   return out_dir
+
+
+def plan_run(config, mesh) -> runstate.Run:
+  """The fine-tune's Run for --mode=plan: the pretrained run's model when
+  finetune.base_workdir names one, else config.model as it is; two classes."""
+  vocab = config.data.tokenizer.vocab_size
+  if config.finetune.base_workdir:
+    base = open_base(config.finetune)
+    config, vocab = with_base_model(config, base), base.tokenizer.vocab_size
+  return build_run(config, mesh, vocab, num_classes=2)

@@ -13,42 +13,45 @@ from jaxgpt import generate as generate_lib
 from jaxgpt import lora
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import sharding
-from jaxgpt import train
 from jaxgpt.data import finetune_data as fdata
 from jaxgpt.data import loader
 
 log = logging.getLogger('jaxgpt')
 
 
-def _merged(s: train.Setup, params):
-  return lora.merge(params, s.frozen) if s.frozen else params
+def plain_params(config, run):
+  """params -> the params of the same model without adapters (LoRA's merged into the
+  kernels), which evaluation and sampling run; the identity when no adapters train."""
+  spec = lora.of_finetune(config.finetune)
+  if spec is None:
+    return lambda params: params
+  return jax.jit(lambda params: lora.merge_adapters(params, spec, run.model.cfg.scan_layers))
 
 
 class ClassifyEval:
-  """Accuracy and loss on the validation split while training; a full report at the end."""
+  """Accuracy and loss on the validation split while training; a full report at the end.
+  Called under run.context()."""
 
-  def __init__(self, config, s, base, arrays, labels):
-    self.config, self.s, self.arrays, self.labels = config, s, arrays, labels
-    replicated = NamedSharding(s.mesh, P())
-    merged_sh = lora.merge(s.state_shardings.params, s.frozen_shardings)
+  def __init__(self, config, run, base, arrays, labels):
+    self.config, self.run, self.arrays, self.labels = config, run, arrays, labels
+    self._plain = plain_params(config, run)
     self._logits = jax.jit(
-      lambda p, b: s.model.apply({'params': p}, b['inputs'], b['last']),
-      in_shardings=(merged_sh, sharding.batch_sharding(s.mesh)),
-      out_shardings=replicated,
+      lambda p, b: run.model.apply({'params': p}, b['inputs'], b['last']),
+      in_shardings=(None, sharding.batch_sharding(run.mesh)),
+      out_shardings=NamedSharding(run.mesh, P()),
     )
 
   def predict(self, params, arrays) -> np.ndarray:
     """logits_NxC of every row of `arrays`."""
-    out, batch, merged = [], self.config.train.batch_size, _merged(self.s, params)
+    out, batch, plain = [], self.config.train.batch_size, self._plain(params)
     n = len(arrays['weights'])
-    with self.s.context():
-      for b in loader.ordered_batches(
-        fdata.ArraySource(arrays, 'predict'),
-        batch,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-      ):
-        out.append(np.asarray(self._logits(merged, sharding.global_batch(b, self.s.mesh))))
+    for b in loader.ordered_batches(
+      fdata.ArraySource(arrays, 'predict'),
+      batch,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    ):
+      out.append(np.asarray(self._logits(plain, sharding.global_batch(b, self.run.mesh))))
     return np.concatenate(out)[:n]
 
   def during_training(self, params, step, writer):
@@ -82,17 +85,17 @@ class ClassifyEval:
 
 
 class InstructEval:
-  """Held-out loss on the response tokens while training; generated responses at the end."""
+  """Held-out loss on the response tokens while training; generated responses at the end.
+  Called under run.context()."""
 
-  def __init__(self, config, s, base, arrays, labels):
+  def __init__(self, config, run, base, arrays, labels):
     del labels
-    self.config, self.s, self.base, self.arrays = config, s, base, arrays
-    merged_sh = lora.merge(s.state_shardings.params, s.frozen_shardings)
-    with s.context():
-      self._step = evaluate_lib.make_jitted_eval_step(
-        s.model, merged_sh, sharding.batch_sharding(s.mesh)
-      )
-    self._bytes = evaluate_lib.byte_table(base.tokenizer, s.model.cfg.vocab_size)
+    self.config, self.run, self.base, self.arrays = config, run, base, arrays
+    self._plain = plain_params(config, run)
+    self._step = evaluate_lib.make_jitted_eval_step(
+      run.model, None, sharding.batch_sharding(run.mesh)
+    )
+    self._bytes = evaluate_lib.byte_table(base.tokenizer, run.model.cfg.vocab_size)
 
   def during_training(self, params, step, writer):
     batches = loader.ordered_batches(
@@ -101,14 +104,13 @@ class InstructEval:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
     )
-    with self.s.context():
-      result = evaluate_lib.evaluate(
-        self._step,
-        _merged(self.s, params),
-        batches,
-        self._bytes,
-        lambda b: sharding.global_batch(b, self.s.mesh),
-      )
+    result = evaluate_lib.evaluate(
+      self._step,
+      self._plain(params),
+      batches,
+      self._bytes,
+      lambda b: sharding.global_batch(b, self.run.mesh),
+    )
     writer.write(step, 'eval', result)
     log.info(
       'eval step %d | held-out response loss %.4f | ppl %.2f',
@@ -130,7 +132,7 @@ class InstructEval:
     tok = self.base.tokenizer
     settings = generate_lib.Sampling.from_config(self.config.eval)
     gen = generate_lib.Generator(
-      self.s.model, _merged(self.s, params), settings, tok.eod_id, tok.pad_id
+      self.run.model, self._plain(params), self.run.mesh, settings, tok.eod_id, tok.pad_id
     )
     prompts = [fdata.prompt_of(r, fc) for r in held_out]
     responses = []

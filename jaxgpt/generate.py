@@ -15,9 +15,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxgpt import model as model_lib
-from jaxgpt import sharding
 from jaxgpt.errors import UserError
 
 
@@ -77,13 +77,13 @@ def bucket_length(n: int, cap: int) -> int:
 
 
 class Generator:
-  """generate(prompt ids) -> new ids per prompt, with the model's params on their mesh."""
+  """generate(prompt ids) -> new ids per prompt, with the model's params on `mesh`."""
 
-  def __init__(self, model, params, s: Sampling, eod_id: int, pad_id: int):
+  def __init__(self, model, params, mesh, s: Sampling, eod_id: int, pad_id: int):
     self.model, self.params, self.s = model, params, s
     self.eod_id, self.pad_id = eod_id, pad_id
     self.seq_len = model.cfg.seq_len
-    self.replicated = sharding.replicated_like(jax.tree.leaves(params)[0].sharding)
+    self.replicated = NamedSharding(mesh, P())
     jit = functools.partial(jax.jit, out_shardings=self.replicated)
     self._prefill = jit(self._prefill_fn)
     self._decode = jit(self._decode_fn)
@@ -96,7 +96,7 @@ class Generator:
     """Fills an empty cache with the prompts; draws each row's next token."""
     cache = model_lib.init_cache(self.model.cfg, tokens_BxP.shape[0])
     logits_BxPxV, cache = self.model.apply(
-      {'params': params}, tokens_BxP, cache=cache, lengths_B=jnp.zeros_like(lengths_B)
+      {'params': params}, tokens_BxP, cache, jnp.zeros_like(lengths_B), method='decode'
     )
     last_BxV = jnp.take_along_axis(logits_BxPxV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
     return sample_logits(last_BxV, self._rng(index), self.s), cache
@@ -110,7 +110,7 @@ class Generator:
       out_BxS = out_BxS.at[:, i].set(token_B)
       done_B = done_B | (token_B == self.eod_id)
       logits_Bx1xV, cache = self.model.apply(
-        {'params': params}, token_B[:, None], cache=cache, lengths_B=lengths_B
+        {'params': params}, token_B[:, None], cache, lengths_B, method='decode'
       )
       token_B = sample_logits(logits_Bx1xV[:, 0], self._rng(index + i + 1), self.s)
       return i + 1, token_B, cache, lengths_B + 1, done_B, out_BxS
@@ -186,8 +186,8 @@ class Generator:
     return new
 
 
-def sample(model, params, tokenizer, prompts: list[str], s: Sampling) -> list[str]:
+def sample(model, params, mesh, tokenizer, prompts: list[str], s: Sampling) -> list[str]:
   """Continues each prompt; the texts stop before the end-of-document id."""
-  gen = Generator(model, params, s, tokenizer.eod_id, tokenizer.pad_id)
+  gen = Generator(model, params, mesh, s, tokenizer.eod_id, tokenizer.pad_id)
   new = gen.generate([tokenizer.encode(p) for p in prompts])
   return [tokenizer.decode([t for t in ids if t != tokenizer.eod_id]) for ids in new]

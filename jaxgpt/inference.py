@@ -11,21 +11,23 @@ import logging
 import os
 
 from jaxgpt import checkpoint as checkpoint_lib
+from jaxgpt import evaluate as evaluate_lib
 from jaxgpt import faults
 from jaxgpt import generate as generate_lib
 from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt import tasks as tasks_lib
-from jaxgpt import train
+from jaxgpt import runstate
 from jaxgpt import workdir as workdir_lib
+from jaxgpt.data import pipeline
 from jaxgpt.errors import UserError
 
 log = logging.getLogger('jaxgpt')
 
 
 def _restore(config, workdir: str, step: int | None, devices, overrides):
-  """(config, Setup, params, tokenizer, step) of a checkpoint of the run in workdir: the
+  """(config, Run, params, tokenizer, step) of a checkpoint of the run in workdir: the
   model is the saved one (see faults.with_saved_model), its tokenizer the saved one."""
   ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
   if step is not None and step not in ckpt.manager.all_steps():
@@ -39,11 +41,11 @@ def _restore(config, workdir: str, step: int | None, devices, overrides):
     tokenizer = checkpoint_lib.load_tokenizer(ckpt, st)
     cfg = faults.with_saved_model(config, saved, overrides)
     mesh = sharding.make_mesh(cfg.mesh, devices)
-    train.check_config(cfg, mesh)
+    runstate.check_config(cfg, mesh)
     model_cfg = model_lib.ModelConfig.from_config(cfg.model, tokenizer.vocab_size)
     generate_lib.Sampling.from_config(cfg.eval, tokenizer.vocab_size)
-    s = train.setup(cfg, model_cfg, mesh)
-    return cfg, s, ckpt.restore_params(st, s.abstract_state.params), tokenizer
+    run = runstate.pretraining(cfg, model_cfg, mesh)
+    return cfg, run, ckpt.restore_params(st, run.abstract_state.params), tokenizer
 
   if step is None:  # the newest step that restores; a damaged one is skipped, not moved
     step, loaded = ckpt.newest_intact(load, with_data=False, set_aside=False)
@@ -52,8 +54,8 @@ def _restore(config, workdir: str, step: int | None, devices, overrides):
   else:
     loaded = load(step)
   ckpt.close()
-  config, s, params, tokenizer = loaded
-  return config, s, params, tokenizer, step
+  config, run, params, tokenizer = loaded
+  return config, run, params, tokenizer, step
 
 
 def evaluate_checkpoint(
@@ -64,18 +66,21 @@ def evaluate_checkpoint(
   tasks = [tasks_lib.load(path) for path in config.eval.tasks]  # bad files fail first
   workdir_lib.check_run_exists(workdir)
   workdir_lib.check_writable(workdir)
-  config, s, params, tokenizer, step = _restore(config, workdir, step, devices, overrides)
-  prepared = train.prepare_data(config.data, workdir, tokenizer, for_eval=True)
+  config, run, params, tokenizer, step = _restore(config, workdir, step, devices, overrides)
+  prepared = pipeline.prepare_shared(config.data, workdir, tokenizer, for_eval=True)
   # The training run's metrics.jsonl stays the training run's: nothing is appended to it.
-  run_eval = train.make_evaluator(config, s, prepared, metrics_lib.Writer(workdir, enabled=False))
-  result = {
-    **run_eval(params, step),
-    'step': step,
-    'devices': s.mesh.size,
-    'mesh': dict(s.mesh.shape),
-  }
+  run_eval = evaluate_lib.make_evaluator(
+    config, run, prepared, metrics_lib.Writer(workdir, enabled=False)
+  )
+  with run.context():
+    result = {
+      **run_eval(params, step),
+      'step': step,
+      'devices': run.mesh.size,
+      'mesh': dict(run.mesh.shape),
+    }
   if tasks:
-    scorer = tasks_lib.Scorer(s.model, params, config.train.batch_size)
+    scorer = tasks_lib.Scorer(run.model, params, run.mesh, config.train.batch_size)
     result['tasks'] = {t['name']: tasks_lib.evaluate(scorer, tokenizer, t) for t in tasks}
   log.info('evaluation of step %d: %s', step, json.dumps(result))
   metrics_lib.write_json(os.path.join(workdir, f'eval-step{step}.json'), result)
@@ -120,9 +125,11 @@ def sample_checkpoint(
   prompts = prompts or [config.eval.prompt] * config.eval.num_samples
   workdir_lib.check_run_exists(workdir)
   workdir_lib.check_writable(workdir)
-  config, s, params, tokenizer, step = _restore(config, workdir, step, devices, overrides)
+  config, run, params, tokenizer, step = _restore(config, workdir, step, devices, overrides)
   settings = generate_lib.Sampling.from_config(config.eval)
-  gen = generate_lib.Generator(s.model, params, settings, tokenizer.eod_id, tokenizer.pad_id)
+  gen = generate_lib.Generator(
+    run.model, params, run.mesh, settings, tokenizer.eod_id, tokenizer.pad_id
+  )
   records, batch = [], config.train.batch_size
   for start in range(0, len(prompts), batch):
     chunk = prompts[start : start + batch]

@@ -1,20 +1,92 @@
-"""Which params a fine-tune trains, and LoRA adapters merged into plain kernels.
+"""LoRA: low-rank adapters added to a model's dense layers from outside it, and merged back.
 
-A fine-tune's state holds only its trainable params (and their optimizer moments); the
-frozen rest is a separate argument of the train step, so it gets no gradients, no moments
-and is not rewritten by checkpoints. `split` and `merge` move between the two halves and
-the full tree by path.
+model.py knows nothing of adapters. Inside `with adapters(spec):`, every call of a
+model.Dense named in spec.targets also adds x A B * alpha / rank, creating A and B as
+params beside the layer's kernel (B starts at zero, so the adapted model starts as the
+base model). A fine-tune traces its loss inside that context; evaluation and sampling
+use `merge_adapters`, which folds A B into the kernels of a plain model.
 """
 
+import contextlib
+import dataclasses
 import math
 
-import jax
+import flax.linen as nn
+import jax.numpy as jnp
 from flax import traverse_util
 
 from jaxgpt import model as model_lib
 from jaxgpt.errors import UserError
 
+TARGETS = ('qkv', 'out', 'fc_in', 'fc_out')  # the dense layers that can take adapters
 TRAINABLE = ('head', 'last_k', 'all', 'lora')
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapters:
+  rank: int
+  alpha: float = 16.0  # the update is scaled by alpha / rank
+  dropout: float = 0.0  # on the adapter's input, while training
+  targets: tuple[str, ...] = TARGETS
+
+  @classmethod
+  def from_config(cls, lc) -> 'Adapters':
+    """finetune.lora's fields, checked."""
+    if lc.rank <= 0:
+      raise UserError(f'finetune.lora.rank={lc.rank} must be positive with finetune.trainable=lora')
+    return cls(lc.rank, lc.alpha, lc.dropout, check_targets(lc.targets))
+
+
+def of_finetune(fc) -> Adapters | None:
+  """The adapters a fine-tune trains: finetune.lora's, when finetune.trainable=lora."""
+  return Adapters.from_config(fc.lora) if fc.trainable == 'lora' else None
+
+
+@contextlib.contextmanager
+def adapters(spec: Adapters | None, deterministic: bool = True):
+  """Models traced inside carry spec's adapters (none when spec is None)."""
+  if spec is None:
+    yield
+    return
+
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    y = next_fun(*args, **kwargs)
+    if (
+      context.method_name != '__call__'
+      or not isinstance(module, model_lib.Dense)
+      or module.name not in spec.targets
+    ):
+      return y
+    return y + _delta(module, args[0], spec, deterministic).reshape(y.shape)
+
+  with nn.intercept_methods(intercept):
+    yield
+
+
+def _delta(dense: model_lib.Dense, x, spec: Adapters, deterministic: bool):
+  """x A B * alpha / rank for one Dense layer, on 2-D operands as the layer's own product."""
+  in_shape, rank = x.shape[-dense.in_dims :], spec.rank
+  a = dense.param(
+    'lora_a',
+    nn.with_logical_partitioning(
+      nn.initializers.normal(1 / math.sqrt(math.prod(in_shape))),
+      (*dense.axes[: dense.in_dims], None),
+    ),
+    (*in_shape, rank),
+    jnp.float32,
+  )
+  b = dense.param(
+    'lora_b',
+    nn.with_logical_partitioning(nn.initializers.zeros, (None, *dense.axes[dense.in_dims :])),
+    (rank, *dense.features),
+    jnp.float32,
+  )
+  dtype = jnp.dtype(dense.cfg.dtype)
+  x_2d = x.reshape(-1, math.prod(in_shape)).astype(dtype)
+  x_2d = nn.Dropout(spec.dropout, deterministic=deterministic, parent=dense)(x_2d)
+  h_2d = x_2d @ a.reshape(-1, rank).astype(dtype)
+  return (h_2d @ b.reshape(rank, -1).astype(dtype)) * (spec.alpha / rank)
 
 
 def predicate(trainable: str, cfg: model_lib.ModelConfig, last_k: int = 1, prefix=()):
@@ -47,43 +119,24 @@ def predicate(trainable: str, cfg: model_lib.ModelConfig, last_k: int = 1, prefi
   return is_trainable
 
 
-def split(params: dict, is_trainable) -> tuple[dict, dict]:
-  flat = traverse_util.flatten_dict(params)
-  pick = lambda keep: traverse_util.unflatten_dict(
-    {k: v for k, v in flat.items() if is_trainable(k) == keep}
-  )
-  return pick(True), pick(False)
-
-
-def merge(*trees: dict) -> dict:
-  flat = {}
-  for tree in trees:
-    flat.update(traverse_util.flatten_dict(tree))
-  return traverse_util.unflatten_dict(flat)
-
-
-def count(tree) -> int:
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
-
-
-def adapter_count(cfg: model_lib.ModelConfig) -> int:
+def adapter_count(cfg: model_lib.ModelConfig, spec: Adapters) -> int:
   """Closed form of the LoRA params: rank * (fan-in + fan-out) per adapted layer."""
   d, f = cfg.d_model, cfg.mlp_dim
   fans = {'qkv': (d, 3 * d), 'out': (d, d), 'fc_in': (d, f), 'fc_out': (f, d)}
-  return cfg.num_layers * sum(cfg.lora_rank * sum(fans[t]) for t in cfg.lora_targets)
+  return cfg.num_layers * sum(spec.rank * sum(fans[t]) for t in spec.targets)
 
 
-def merge_adapters(params: dict, cfg: model_lib.ModelConfig) -> dict:
+def merge_adapters(params: dict, spec: Adapters, scan_layers: bool) -> dict:
   """Params with every kernel += A B * alpha / rank and no adapters: a plain model's."""
   flat = traverse_util.flatten_dict(params)
   out = {k: v for k, v in flat.items() if k[-1] not in ('lora_a', 'lora_b')}
-  scale = cfg.lora_alpha / max(cfg.lora_rank, 1)
+  scale = spec.alpha / spec.rank
   for k, a in flat.items():
     if k[-1] != 'lora_a':
       continue
     layer = k[:-1]
     b, kernel = flat[layer + ('lora_b',)], flat[layer + ('kernel',)]
-    stacked = cfg.scan_layers and 'blocks' in layer  # a leading layer axis on all three
+    stacked = scan_layers and 'blocks' in layer  # a leading layer axis on all three
     lead = 1 if stacked else 0
     rank = a.shape[-1]
     a2 = a.reshape(*a.shape[:lead], -1, rank)
@@ -94,9 +147,7 @@ def merge_adapters(params: dict, cfg: model_lib.ModelConfig) -> dict:
 
 
 def check_targets(targets) -> tuple[str, ...]:
-  unknown = [t for t in targets if t not in model_lib.LORA_TARGETS]
+  unknown = [t for t in targets if t not in TARGETS]
   if unknown or not targets:
-    raise UserError(
-      f'finetune.lora.targets={tuple(targets)}: choose among {", ".join(model_lib.LORA_TARGETS)}'
-    )
+    raise UserError(f'finetune.lora.targets={tuple(targets)}: choose among {", ".join(TARGETS)}')
   return tuple(targets)

@@ -19,8 +19,6 @@ import jax.numpy as jnp
 from jaxgpt import attention
 from jaxgpt.errors import UserError
 
-LORA_TARGETS = ('qkv', 'out', 'fc_in', 'fc_out')  # the dense layers that can take adapters
-
 REMAT_POLICIES = {
   'full': None,  # save nothing: recompute the whole block in the backward pass
   'dots': jax.checkpoint_policies.checkpoint_dots,
@@ -45,10 +43,6 @@ class ModelConfig:
   attention_block: int = 0
   loss_chunks: int = 1
   init_std: float = 0.02
-  lora_rank: int = 0  # > 0: low-rank adapters beside the kernels of the dense layers named in
-  lora_alpha: float = 16.0  # lora_targets, scaled by alpha / rank
-  lora_dropout: float = 0.0
-  lora_targets: tuple[str, ...] = LORA_TARGETS
 
   @property
   def head_dim(self) -> int:
@@ -135,9 +129,7 @@ class Dense(nn.Module):
   """x_...xI @ kernel_IxO... with logical axes; the product runs on 2-D operands.
 
   Folding the leading dims into one before the matmul matters on CPU, where XLA runs a
-  (B*L, D) x (D, F) product about twice as fast as the (B, L, D) form. A layer whose name
-  is in cfg.lora_targets (with cfg.lora_rank > 0) adds x A B * alpha / rank, with B
-  starting at zero so that the adapted model starts as the base model.
+  (B*L, D) x (D, F) product about twice as fast as the (B, L, D) form.
   """
 
   features: tuple[int, ...]
@@ -145,7 +137,6 @@ class Dense(nn.Module):
   cfg: ModelConfig
   in_dims: int = 1  # trailing input dims contracted (2 for heads x head_dim)
   init_scale: float = 1.0
-  deterministic: bool = True  # for LoRA dropout
 
   @nn.compact
   def __call__(self, x):
@@ -168,31 +159,7 @@ class Dense(nn.Module):
         jnp.float32,
       )
       y_2d = y_2d + bias.reshape(-1).astype(dtype)
-    if self.cfg.lora_rank and self.name in self.cfg.lora_targets:
-      y_2d = y_2d + self._lora(x_2d, in_shape)
     return y_2d.reshape(*x.shape[: -self.in_dims], *self.features)
-
-  def _lora(self, x_2d, in_shape):
-    cfg, rank = self.cfg, self.cfg.lora_rank
-    a = self.param(
-      'lora_a',
-      nn.with_logical_partitioning(
-        nn.initializers.normal(1 / math.sqrt(math.prod(in_shape))),
-        (*self.axes[: self.in_dims], None),
-      ),
-      (*in_shape, rank),
-      jnp.float32,
-    )
-    b = self.param(
-      'lora_b',
-      nn.with_logical_partitioning(nn.initializers.zeros, (None, *self.axes[self.in_dims :])),
-      (rank, *self.features),
-      jnp.float32,
-    )
-    dtype = jnp.dtype(cfg.dtype)
-    x_2d = nn.Dropout(cfg.lora_dropout, deterministic=self.deterministic)(x_2d)
-    h_2d = x_2d @ a.reshape(-1, rank).astype(dtype)
-    return (h_2d @ b.reshape(rank, -1).astype(dtype)) * (cfg.lora_alpha / rank)
 
 
 def layer_norm(cfg: ModelConfig, name: str):
@@ -209,29 +176,22 @@ def layer_norm(cfg: ModelConfig, name: str):
 
 class Attention(nn.Module):
   cfg: ModelConfig
-  deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BxLxD, cache=None, lengths_B=None, segments_BxL=None):
+  def __call__(self, x_BxLxD, cache, lengths_B, segments_BxL, deterministic: bool):
     cfg = self.cfg
     h, k = cfg.num_heads, cfg.head_dim
     # One matmul for query, key and value: a third as many calls, each three times wider,
     # which XLA's CPU backend runs faster than three (D, D) products. Heads come first in
     # the output so that a tensor-parallel shard of the kernel is one contiguous block.
-    qkv_BxLxHx3xK = Dense(
-      (h, 3, k),
-      ('embed', 'heads', None, 'head_dim'),
-      cfg,
-      deterministic=self.deterministic,
-      name='qkv',
-    )(x_BxLxD)
+    qkv_BxLxHx3xK = Dense((h, 3, k), ('embed', 'heads', None, 'head_dim'), cfg, name='qkv')(x_BxLxD)
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLxHx3xK[:, :, :, i] for i in range(3))
     names = ('batch', 'length', 'heads', 'head_dim')
     q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, names)
     k_BxLxHxK = nn.with_logical_constraint(k_BxLxHxK, names)
     v_BxLxHxK = nn.with_logical_constraint(v_BxLxHxK, names)
     if cache is None:
-      dropout = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+      dropout = nn.Dropout(cfg.dropout, deterministic=deterministic)
       out_BxLxHxK = attention.causal(
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention_block, dropout, segments_BxL
       )
@@ -245,7 +205,6 @@ class Attention(nn.Module):
       cfg,
       in_dims=2,
       init_scale=1 / math.sqrt(2 * cfg.num_layers),
-      deterministic=self.deterministic,
       name='out',
     )(out_BxLxHxK)
     return out_BxLxD, cache
@@ -253,27 +212,24 @@ class Attention(nn.Module):
 
 class Mlp(nn.Module):
   cfg: ModelConfig
-  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x_BxLxD):
     cfg = self.cfg
-    h_BxLxF = Dense(
-      (cfg.mlp_dim,), ('embed', 'mlp'), cfg, deterministic=self.deterministic, name='fc_in'
-    )(x_BxLxD)
+    h_BxLxF = Dense((cfg.mlp_dim,), ('embed', 'mlp'), cfg, name='fc_in')(x_BxLxD)
     h_BxLxF = nn.with_logical_constraint(nn.gelu(h_BxLxF), ('batch', 'length', 'mlp'))
     return Dense(
       (cfg.d_model,),
       ('mlp', 'embed'),
       cfg,
       init_scale=1 / math.sqrt(2 * cfg.num_layers),
-      deterministic=self.deterministic,
       name='fc_out',
     )(h_BxLxF)
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm transformer block: (x, layer cache or None, lengths) -> (x, layer cache).
+  """Pre-LayerNorm transformer block: (x, layer cache or None, lengths, segments,
+  deterministic) -> (x, layer cache).
 
   The residual stream is the carry, so nn.scan runs it unchanged. Scanned layers that
   decode pass the carry (x, stacked cache, layer index) instead, and each layer writes
@@ -282,23 +238,20 @@ class Block(nn.Module):
   """
 
   cfg: ModelConfig
-  deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BxLxD, cache=None, lengths_B=None, segments_BxL=None):
+  def __call__(self, x_BxLxD, cache, lengths_B, segments_BxL, deterministic: bool):
     stacked = None
     if isinstance(x_BxLxD, tuple):
       x_BxLxD, stacked, layer = x_BxLxD
       cache = tuple(jax.lax.dynamic_index_in_dim(c, layer, keepdims=False) for c in stacked)
     cfg = self.cfg
-    drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-    attn_BxLxD, cache = Attention(cfg, self.deterministic, name='attn')(
-      layer_norm(cfg, 'ln_attn')(x_BxLxD), cache, lengths_B, segments_BxL
+    drop = nn.Dropout(cfg.dropout, deterministic=deterministic)
+    attn_BxLxD, cache = Attention(cfg, name='attn')(
+      layer_norm(cfg, 'ln_attn')(x_BxLxD), cache, lengths_B, segments_BxL, deterministic
     )
     x_BxLxD = x_BxLxD + drop(attn_BxLxD)
-    x_BxLxD = x_BxLxD + drop(
-      Mlp(cfg, self.deterministic, name='mlp')(layer_norm(cfg, 'ln_mlp')(x_BxLxD))
-    )
+    x_BxLxD = x_BxLxD + drop(Mlp(cfg, name='mlp')(layer_norm(cfg, 'ln_mlp')(x_BxLxD)))
     x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
     if stacked is not None:
       stacked = tuple(
@@ -311,12 +264,15 @@ class Block(nn.Module):
 def _block_class(cfg: ModelConfig):
   block = Block
   if cfg.remat != 'none':
-    block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    # static_argnums counts self as 0: `deterministic` is argument 5, a Python bool.
+    block = nn.remat(
+      block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers, static_argnums=(5,)
+    )
   return block
 
 
 def init_cache(cfg: ModelConfig, batch: int):
-  """An empty key/value cache for `Transformer(cfg)`, each array B x H x S x K.
+  """An empty key/value cache for `Transformer(cfg).decode`, each array B x H x S x K.
 
   Scanned layers take one (k, v) pair stacked over the layers (N x B x H x S x K); unrolled
   layers a tuple of N pairs, which a decode loop updates in place rather than restacking.
@@ -328,116 +284,119 @@ def init_cache(cfg: ModelConfig, batch: int):
 
 
 class Transformer(nn.Module):
-  """tokens_BxL (int) -> logits_BxLxV (float32).
+  """The decoder, with one meaning per method (as flax's lm1b separates train, eval and decode):
 
-  With `cache` (from init_cache) and `lengths_B`, the call is incremental: row b's tokens
-  take positions lengths_B[b], lengths_B[b] + 1, ..., attend to the cached keys before
-  them, and the call returns (logits, updated cache). The caller advances lengths_B.
+    hidden(tokens_BxL, ...) -> h_BxLxD: the final normed states, for the loss and other heads
+    __call__(tokens_BxL, ...) -> logits_BxLxV (float32): the logits of those states
+    decode(tokens_BxT, cache, lengths_B) -> (logits_BxTxV, cache): one cached step
+
   Packed rows pass `segments_BxL` (tokens attend within their segment) and `positions_BxL`
-  (restarting at each segment). `hidden=True` returns the final normed states instead of
-  logits, for heads of other kinds.
+  (restarting at each segment). In `decode`, row b's tokens take positions lengths_B[b],
+  lengths_B[b] + 1, ... and attend to the cache (from init_cache) before them; the caller
+  advances lengths_B.
   """
 
   cfg: ModelConfig
 
-  @nn.compact
-  def __call__(
-    self,
-    tokens_BxL,
-    deterministic: bool = True,
-    cache=None,
-    lengths_B=None,
-    segments_BxL=None,
-    positions_BxL=None,
-    hidden: bool = False,
-  ):
+  def setup(self):
     cfg = self.cfg
-    length = tokens_BxL.shape[1]
     init = nn.initializers.normal(cfg.init_std)
-    embed_VxD = self.param(
+    self.tok_embed = self.param(
       'tok_embed',
       nn.with_logical_partitioning(init, ('vocab', 'embed')),
       (cfg.vocab_size, cfg.d_model),
       jnp.float32,
     )
-    pos_LxD = self.param(
+    self.pos_embed = self.param(
       'pos_embed',
       nn.with_logical_partitioning(init, (None, 'embed')),
       (cfg.seq_len, cfg.d_model),
       jnp.float32,
     )
-    dtype = jnp.dtype(cfg.dtype)
-    # Gather the table's fsdp shards first (as for any fsdp weight) and look up in the
-    # vocab-sharded table: left to itself, the SPMD partitioner replicates the whole lookup.
-    table_VxD = nn.with_logical_constraint(embed_VxD, ('vocab', None))
-    pos_LxD = nn.with_logical_constraint(pos_LxD, (None, None))
-    if cache is not None:
-      positions_BxL = lengths_B[:, None] + jnp.arange(length)
-    if positions_BxL is None:
-      pos_LxD = pos_LxD[:length]
-    else:
-      pos_LxD = jnp.take(pos_LxD, positions_BxL, axis=0)  # B x L x D
-    x_BxLxD = (jnp.take(table_VxD, tokens_BxL, axis=0) + pos_LxD).astype(dtype)
-    x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
-    x_BxLxD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BxLxD)
-
     block = _block_class(cfg)
     if cfg.scan_layers:
-      carry = x_BxLxD if cache is None else (x_BxLxD, cache, 0)
-      carry, _ = nn.scan(
+      self.blocks = nn.scan(
         block,
         variable_axes={'params': 0},
         split_rngs={'params': True, 'dropout': True},
-        in_axes=(0, nn.broadcast, nn.broadcast),
+        in_axes=(nn.broadcast,) * 4,
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: 'layers'},
-      )(cfg, deterministic, name='blocks')(carry, None, lengths_B, segments_BxL)
-      x_BxLxD, cache = (carry, None) if cache is None else carry[:2]
+      )(cfg, name='blocks')
     else:
-      layer_caches = []
-      for i in range(cfg.num_layers):
-        x_BxLxD, layer_cache = block(cfg, deterministic, name=f'block_{i}')(
-          x_BxLxD, None if cache is None else cache[i], lengths_B, segments_BxL
-        )
-        layer_caches.append(layer_cache)
-      cache = None if cache is None else tuple(layer_caches)
-
-    x_BxLxD = layer_norm(cfg, 'ln_final')(x_BxLxD)
-    if hidden:
-      return x_BxLxD
-    if cfg.tie_embeddings:
-      logits_BxLxV = x_BxLxD.reshape(-1, cfg.d_model) @ embed_VxD.astype(dtype).T
-      logits_BxLxV = logits_BxLxV.reshape(*x_BxLxD.shape[:2], cfg.vocab_size)
-    else:
-      head = Dense(
+      self.blocks = [block(cfg, name=f'block_{i}') for i in range(cfg.num_layers)]
+    self.ln_final = layer_norm(cfg, 'ln_final')
+    # Named as the compact form named it, so that a seed draws the same dropout masks.
+    self.embed_dropout = nn.Dropout(cfg.dropout, name='Dropout_0')
+    if not cfg.tie_embeddings:
+      self.head = Dense(
         (cfg.vocab_size,), ('embed', 'vocab'), dataclasses.replace(cfg, use_bias=False), name='head'
       )
-      logits_BxLxV = head(x_BxLxD)
+
+  def hidden(
+    self, tokens_BxL, *, segments_BxL=None, positions_BxL=None, deterministic: bool = True
+  ):
+    x_BxLxD = self._embed(tokens_BxL, positions_BxL, deterministic)
+    if self.cfg.scan_layers:
+      x_BxLxD, _ = self.blocks(x_BxLxD, None, None, segments_BxL, deterministic)
+    else:
+      for block in self.blocks:
+        x_BxLxD, _ = block(x_BxLxD, None, None, segments_BxL, deterministic)
+    return self.ln_final(x_BxLxD)
+
+  def __call__(
+    self, tokens_BxL, *, segments_BxL=None, positions_BxL=None, deterministic: bool = True
+  ):
+    h_BxLxD = self.hidden(
+      tokens_BxL,
+      segments_BxL=segments_BxL,
+      positions_BxL=positions_BxL,
+      deterministic=deterministic,
+    )
+    return self._logits(h_BxLxD)
+
+  def decode(self, tokens_BxT, cache, lengths_B):
+    positions_BxT = lengths_B[:, None] + jnp.arange(tokens_BxT.shape[1])
+    x_BxTxD = self._embed(tokens_BxT, positions_BxT, deterministic=True)
+    if self.cfg.scan_layers:
+      (x_BxTxD, cache, _), _ = self.blocks((x_BxTxD, cache, 0), None, lengths_B, None, True)
+    else:
+      layer_caches = []
+      for block, layer_cache in zip(self.blocks, cache):
+        x_BxTxD, layer_cache = block(x_BxTxD, layer_cache, lengths_B, None, True)
+        layer_caches.append(layer_cache)
+      cache = tuple(layer_caches)
+    return self._logits(self.ln_final(x_BxTxD)), cache
+
+  def _embed(self, tokens_BxL, positions_BxL, deterministic):
+    cfg = self.cfg
+    # Gather the table's fsdp shards first (as for any fsdp weight) and look up in the
+    # vocab-sharded table: left to itself, the SPMD partitioner replicates the whole lookup.
+    table_VxD = nn.with_logical_constraint(self.tok_embed, ('vocab', None))
+    pos_LxD = nn.with_logical_constraint(self.pos_embed, (None, None))
+    if positions_BxL is None:
+      pos_LxD = pos_LxD[: tokens_BxL.shape[1]]
+    else:
+      pos_LxD = jnp.take(pos_LxD, positions_BxL, axis=0)  # B x L x D
+    x_BxLxD = (jnp.take(table_VxD, tokens_BxL, axis=0) + pos_LxD).astype(jnp.dtype(cfg.dtype))
+    x_BxLxD = nn.with_logical_constraint(x_BxLxD, ('batch', 'length', 'embed'))
+    return self.embed_dropout(x_BxLxD, deterministic=deterministic)
+
+  def _logits(self, h_BxLxD):
+    cfg = self.cfg
+    if cfg.tie_embeddings:
+      table_VxD = self.tok_embed.astype(jnp.dtype(cfg.dtype))
+      logits_BxLxV = (h_BxLxD.reshape(-1, cfg.d_model) @ table_VxD.T).reshape(
+        *h_BxLxD.shape[:2], cfg.vocab_size
+      )
+    else:
+      logits_BxLxV = self.head(h_BxLxD)
     # The loss's softmax runs in float32 whatever the compute dtype.
     logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-    logits_BxLxV = nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))
-    return logits_BxLxV if cache is None else (logits_BxLxV, cache)
+    return nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))
 
 
 def output_table(cfg: ModelConfig, params) -> jax.Array:
   """The (V, D) table whose product with the final states gives `Transformer`'s logits:
   the token embedding when tied, else the head's kernel transposed."""
   return params['tok_embed'] if cfg.tie_embeddings else params['head']['kernel'].T
-
-
-class Classifier(nn.Module):
-  """tokens_BxL, last_B -> class logits_BxC from the final state of each row's last token.
-
-  The decoder sits under 'backbone', so a pretrained Transformer's params drop in there.
-  """
-
-  cfg: ModelConfig
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, tokens_BxL, last_B, deterministic: bool = True):
-    h_BxLxD = Transformer(self.cfg, name='backbone')(tokens_BxL, deterministic, hidden=True)
-    h_BxD = jnp.take_along_axis(h_BxLxD, last_B[:, None, None], axis=1)[:, 0]
-    head_cfg = dataclasses.replace(self.cfg, lora_rank=0)
-    logits_BxC = Dense((self.num_classes,), ('embed', None), head_cfg, name='head')(h_BxD)
-    return logits_BxC.astype(jnp.float32)

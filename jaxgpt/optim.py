@@ -7,6 +7,8 @@ optimizer update sees exactly the gradient of the whole batch.
 import jax
 import optax
 
+from jaxgpt import trees
+
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:
   """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr; cfg is config.optim."""
@@ -31,7 +33,12 @@ def decay_mask(params, no_decay=('bias', 'scale', 'embed')):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make(
+  cfg, total_steps: int, trainable=None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW of config.optim. With `trainable(path) -> bool`, only those params train: the
+  others get no update, no moments and no weight decay (freezing is the optimizer's
+  business, as big_vision's per-parameter transforms do it)."""
   lr = schedule(cfg, total_steps)
   parts = []
   if cfg.grad_clip:
@@ -47,4 +54,10 @@ def make(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Sch
       mask=lambda p: decay_mask(p, no_decay),
     )
   )
-  return optax.chain(*parts), lr
+  tx = optax.chain(*parts)
+  if trainable is not None:
+    labels = lambda params: trees.map_paths(
+      lambda path, _: 'train' if trainable(path) else 'frozen', params
+    )
+    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+  return tx, lr

@@ -18,10 +18,11 @@ import jax
 import numpy as np
 
 from configs import topologies
-from jaxgpt import metrics as metrics_lib
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
-from jaxgpt import train
+from jaxgpt import runstate
+from jaxgpt import step as step_lib
+from jaxgpt.runstate import Run
 from jaxgpt.errors import UserError
 
 GIB = 1 << 30
@@ -124,28 +125,31 @@ def collectives(hlo_text: str) -> dict[str, dict]:
   return dict(out)
 
 
-def compile_train_step(config, s: train.Setup):
-  batch = jax.ShapeDtypeStruct(
-    (config.train.batch_size, s.model.cfg.seq_len),
-    np.int32,
-    sharding=sharding.batch_sharding(s.mesh),
-  )
-  weights = jax.ShapeDtypeStruct(batch.shape, np.float32, sharding=batch.sharding)
-  with s.context():
-    lowered = train.jit_train_step(s, config).lower(
-      s.abstract_state, {'inputs': batch, 'targets': batch, 'weights': weights}
-    )
-    return lowered.compile()
+def compile_train_step(config, run: Run):
+  """The train step of `run`, lowered and compiled for its abstract state and batch."""
+  batch_sharding = sharding.batch_sharding(run.mesh)
+  batch = {
+    name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+    for name, (shape, dtype) in run.batch_shapes(config.train.batch_size).items()
+  }
+  with run.context():
+    return step_lib.jit_train_step(run, config).lower(run.abstract_state, batch).compile()
 
 
-def plan(config, topology: str, device_memory_gb: float = 0.0) -> dict:
+def plan(config, topology: str, device_memory_gb: float = 0.0, build_run=None) -> dict:
+  """The report for config's train step on `topology`. `build_run(config, mesh)` makes the
+  Run (a fine-tune's own); by default, pretraining's."""
   devices, hbm, peak = target_devices(topology)
   mesh = sharding.make_mesh(config.mesh, devices)
-  train.check_config(config, mesh)
-  model_cfg = model_lib.ModelConfig.from_config(config.model, config.data.tokenizer.vocab_size)
-  s = train.setup(config, model_cfg, mesh)
-  params = _shard_bytes(s.abstract_state.params)
-  optimizer = _shard_bytes(s.abstract_state.opt_state)
+  runstate.check_config(config, mesh)
+  if build_run is None:
+    model_cfg = model_lib.ModelConfig.from_config(config.model, config.data.tokenizer.vocab_size)
+    run = runstate.pretraining(config, model_cfg, mesh)
+  else:
+    run = build_run(config, mesh)
+  model_cfg = run.model.cfg
+  params = _shard_bytes(run.abstract_state.params)
+  optimizer = _shard_bytes(run.abstract_state.opt_state)
   capacity = int(device_memory_gb * GIB) or hbm
   tokens = config.train.batch_size * model_cfg.seq_len
   report = {
@@ -160,14 +164,14 @@ def plan(config, topology: str, device_memory_gb: float = 0.0) -> dict:
       'gradients': params,
     },
     'device_memory': capacity,
-    'flops_per_device': {'model': metrics_lib.flops_per_token(model_cfg) * tokens / len(devices)},
+    'flops_per_device': {'model': run.flops_per_token * tokens / len(devices)},
     'peak_flops_per_device': peak,
     'collectives': {},
     'scan_layers': model_cfg.scan_layers,
     'loss_chunks': model_cfg.loss_chunks,
   }
   try:
-    compiled = compile_train_step(config, s)
+    compiled = compile_train_step(config, run)
   except jax.errors.JaxRuntimeError as e:
     # The TPU compiler refuses a program that cannot fit, naming what its temporaries need.
     m = re.search(r'temporaries \(([\d.]+)G\) exceeds available HBM', str(e))

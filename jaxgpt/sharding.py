@@ -81,22 +81,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def rows_like(sharding) -> tuple[NamedSharding, int]:
-  """Where host rows fed to a jitted function of an array go (scoring), and how many
-  shards they split into: over the batch axes when the array lives on one of our meshes,
-  else replicated."""
-  if isinstance(sharding, NamedSharding) and set(BATCH_AXES) <= set(sharding.mesh.axis_names):
-    return NamedSharding(sharding.mesh, P(BATCH_AXES)), batch_parallelism(sharding.mesh)
-  return replicated_like(sharding), 1
-
-
-def replicated_like(sharding) -> NamedSharding:
-  """Replicated over the devices that hold an array: where host inputs to a jitted
-  function of that array (sampling) and its outputs that every process reads go."""
-  if isinstance(sharding, NamedSharding):
-    return NamedSharding(sharding.mesh, P())
-  devices = np.array(sorted(sharding.device_set, key=lambda d: d.id))
-  return NamedSharding(Mesh(devices, ('devices',)), P())
+def rows(mesh: Mesh) -> tuple[NamedSharding, int]:
+  """Where host rows fed to a jitted function go (scoring), and how many shards they split
+  into: over the batch axes when the mesh has them, else replicated."""
+  if set(BATCH_AXES) <= set(mesh.axis_names):
+    return NamedSharding(mesh, P(BATCH_AXES)), batch_parallelism(mesh)
+  return NamedSharding(mesh, P()), 1
 
 
 def logical_shardings(boxed_tree, mesh: Mesh, mesh_cfg):

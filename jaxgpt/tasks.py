@@ -24,9 +24,10 @@ import time
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxgpt import generate as generate_lib
-from jaxgpt import loss as loss_lib
+from jaxgpt import chunked_loss
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
 from jaxgpt.data import records
@@ -123,22 +124,21 @@ class Scorer:
   """score(pairs) -> (summed log-prob, greedy?) of each continuation after its context.
 
   Rows are split over the mesh's batch axes, and the logits are made
-  `model.cfg.loss_chunks` chunks of positions at a time (loss.py), as in training.
+  `model.cfg.loss_chunks` chunks of positions at a time (chunked_loss.py).
   """
 
-  def __init__(self, model, params, batch_size: int):
+  def __init__(self, model, params, mesh, batch_size: int):
     self.model, self.params = model, params
     self.seq_len = model.cfg.seq_len
-    param_sharding = jax.tree.leaves(params)[0].sharding
-    self.rows, shards = sharding.rows_like(param_sharding)
+    self.rows, shards = sharding.rows(mesh)
     self.batch_size = -(-batch_size // shards) * shards  # padding rows score nothing
-    self.replicated = sharding.replicated_like(param_sharding)
+    self.replicated = NamedSharding(mesh, P())
     self._score = jax.jit(self._score_fn, out_shardings=self.replicated)
 
   def _score_fn(self, params, inputs_BxL, targets_BxL, mask_BxL):
     cfg = self.model.cfg
-    h_BxLxD = self.model.apply({'params': params}, inputs_BxL, hidden=True)
-    logp_BxL, greedy_BxL = loss_lib.token_logp(
+    h_BxLxD = self.model.apply({'params': params}, inputs_BxL, method='hidden')
+    logp_BxL, greedy_BxL = chunked_loss.token_logp(
       h_BxLxD, model_lib.output_table(cfg, params), targets_BxL, cfg.loss_chunks, cfg.dtype
     )
     return (logp_BxL * mask_BxL).sum(axis=-1), (greedy_BxL | (mask_BxL == 0)).all(axis=-1)

@@ -11,7 +11,7 @@ import pytest
 
 from configs import finetune as finetune_configs
 from jaxgpt import checkpoint as checkpoint_lib
-from jaxgpt import finetune, inference, lora, train
+from jaxgpt import finetune, inference, lora, runstate, train
 from jaxgpt import model as model_lib
 from tests.helpers import tiny_config, write_classification_data, write_instruction_data
 
@@ -115,9 +115,10 @@ def test_instruction_lora_run_writes_responses_and_exports_a_merged_model(base_r
   tuned = finetune.with_base_model(c, base)
   s, params, _ = finetune._restore_finetuned(tuned, workdir, base)
   tokens = np.asarray(base.tokenizer.encode('join with a dash: alpha beta\n')[:16])[None]
-  adapted = s.model.apply({'params': lora.merge(params, s.frozen)}, tokens)
+  with lora.adapters(lora.of_finetune(tuned.finetune)):
+    adapted = s.model.apply({'params': params}, tokens)
   plain_cfg = model_lib.ModelConfig.from_config(tuned.model, base.tokenizer.vocab_size)
-  plain = train.setup(tuned, plain_cfg, s.mesh)
+  plain = runstate.pretraining(tuned, plain_cfg, s.mesh)
   ckpt = checkpoint_lib.Checkpointer(merged_dir, async_save=False)
   merged = ckpt.restore_params(ckpt.latest_step(), plain.abstract_state.params)
   np.testing.assert_allclose(plain.model.apply({'params': merged}, tokens), adapted, atol=1e-5)

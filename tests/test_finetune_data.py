@@ -9,7 +9,8 @@ import pytest
 
 from configs import finetune as finetune_configs
 from jaxgpt import model as model_lib
-from jaxgpt import train
+from jaxgpt import loss
+from jaxgpt import runstate
 from jaxgpt.data import finetune_data as fdata
 from jaxgpt.errors import UserError
 
@@ -148,15 +149,15 @@ def test_prompt_targets_do_not_change_the_loss_and_packing_does_not_either():
     vocab_size=260, seq_len=40, num_layers=2, num_heads=2, d_model=16, mlp_dim=32, attention_block=8
   )
   model = model_lib.Transformer(cfg)
-  params = nn.unbox(train.init_params(model, jax.random.key(0)))
+  params = nn.unbox(runstate.init_fn(model)(jax.random.key(0)))
   _, padded = _instruction_arrays(packed=False)
-  nll, tokens = train.loss_sums(model, params, padded, jax.random.key(0), True)
+  nll, tokens = loss.next_token_loss(model, params, padded)
   changed = dict(padded)
   changed['targets'] = np.where(padded['weights'] > 0, padded['targets'], 77)
-  nll_changed, _ = train.loss_sums(model, params, changed, jax.random.key(0), True)
+  nll_changed, _ = loss.next_token_loss(model, params, changed)
   assert float(nll_changed) == float(nll)
   _, packed = _instruction_arrays(packed=True)
   assert len(packed['inputs']) == 1 and packed['segments'].max() == 3
-  nll_packed, tokens_packed = train.loss_sums(model, params, packed, jax.random.key(0), True)
+  nll_packed, tokens_packed = loss.next_token_loss(model, params, packed)
   assert float(tokens_packed) == float(tokens)
   assert float(nll_packed) == pytest.approx(float(nll), abs=1e-4)

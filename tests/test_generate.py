@@ -35,7 +35,7 @@ def test_cached_logits_equal_full_forward_at_every_position(overrides):
   # Prefill: the prompts right-padded with junk that must not leak into any logits.
   padded = np.where(np.arange(13) < prompt_lengths[:, None], tokens[:, :13], 5)
   cache = model_lib.init_cache(cfg, 3)
-  logits, cache = m.apply({'params': params}, padded, cache=cache, lengths_B=jnp.zeros(3, int))
+  logits, cache = m.apply({'params': params}, padded, cache, jnp.zeros(3, int), method='decode')
   cached = [[logits[b, t] for t in range(n)] for b, n in enumerate(prompt_lengths)]
   lengths = prompt_lengths.copy()
   while lengths.min() < cfg.seq_len:  # then one token at a time, all rows together
@@ -43,8 +43,9 @@ def test_cached_logits_equal_full_forward_at_every_position(overrides):
     logits, cache = m.apply(
       {'params': params},
       step_tokens,
-      cache=cache,
-      lengths_B=jnp.asarray(np.minimum(lengths, cfg.seq_len - 1)),
+      cache,
+      jnp.asarray(np.minimum(lengths, cfg.seq_len - 1)),
+      method='decode',
     )
     for b in np.flatnonzero(lengths < cfg.seq_len):
       cached[b].append(logits[b, 0])
@@ -56,7 +57,8 @@ def test_cached_logits_equal_full_forward_at_every_position(overrides):
 
 def _generator(s: generate.Sampling, eod=EOD):
   m, params = _init(CFG)
-  return generate.Generator(m, params, s, eod_id=eod, pad_id=PAD)
+  mesh = jax.sharding.Mesh(jax.devices()[:1], ('data',))
+  return generate.Generator(m, params, mesh, s, eod_id=eod, pad_id=PAD)
 
 
 PROMPTS = [[5, 6, 7], [9] * 11, [4], list(range(10, 17))]

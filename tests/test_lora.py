@@ -8,19 +8,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import lora, sharding, train
+from configs import finetune as finetune_config
+from jaxgpt import classifier, finetune, lora, runstate, sharding, trees
 from jaxgpt import model as model_lib
+from jaxgpt import step as step_lib
 from jaxgpt.errors import UserError
 from tests.helpers import tiny_config
 
 CFG = model_lib.ModelConfig(
-  vocab_size=64, seq_len=16, num_layers=3, num_heads=2, d_model=16, mlp_dim=48, lora_rank=4
+  vocab_size=64, seq_len=16, num_layers=3, num_heads=2, d_model=16, mlp_dim=48
 )
+SPEC = lora.Adapters(rank=4)
 
 
-def _params(cfg, model=None):
-  model = model or model_lib.Transformer(cfg)
-  params = nn.unbox(train.init_params(model, jax.random.key(0)))
+def _params(cfg, spec=SPEC, init=None):
+  init = init or runstate.init_fn(model_lib.Transformer(cfg))
+  with lora.adapters(spec):
+    params = nn.unbox(init(jax.random.key(0)))
   # Non-zero B matrices, so that the adapters change the logits.
   return jax.tree_util.tree_map_with_path(
     lambda path, x: (
@@ -36,20 +40,22 @@ def _params(cfg, model=None):
   'overrides',
   [
     {},
-    {'lora_targets': ('qkv',)},
-    {'lora_targets': ('out', 'fc_out'), 'lora_rank': 2},
+    {'targets': ('qkv',)},
+    {'targets': ('out', 'fc_out'), 'rank': 2},
     {'scan_layers': True},
-    {'mlp_dim': 40, 'lora_rank': 8},
+    {'mlp_dim': 40, 'rank': 8},
   ],
 )
 def test_trainable_count_matches_the_closed_form(overrides):
-  cfg = dataclasses.replace(CFG, **overrides)
-  trainable, frozen = lora.split(_params(cfg), lora.predicate('lora', cfg))
-  d, f, r = cfg.d_model, cfg.mlp_dim, cfg.lora_rank
+  model_fields = {k: v for k, v in overrides.items() if k in ('scan_layers', 'mlp_dim')}
+  cfg = dataclasses.replace(CFG, **model_fields)
+  spec = dataclasses.replace(SPEC, **{k: v for k, v in overrides.items() if k not in model_fields})
+  trainable, frozen = trees.split(_params(cfg, spec), lora.predicate('lora', cfg))
+  d, f, r = cfg.d_model, cfg.mlp_dim, spec.rank
   fans = {'qkv': d + 3 * d, 'out': d + d, 'fc_in': d + f, 'fc_out': f + d}
-  assert lora.count(trainable) == cfg.num_layers * r * sum(fans[t] for t in cfg.lora_targets)
-  assert lora.count(trainable) == lora.adapter_count(cfg)
-  assert lora.count(frozen) == model_lib.param_count(dataclasses.replace(cfg, lora_rank=0))
+  assert trees.count(trainable) == cfg.num_layers * r * sum(fans[t] for t in spec.targets)
+  assert trees.count(trainable) == lora.adapter_count(cfg, spec)
+  assert trees.count(frozen) == model_lib.param_count(cfg)
 
 
 @pytest.mark.parametrize('scan', [False, True])
@@ -57,25 +63,24 @@ def test_merged_logits_equal_adapter_logits(scan):
   cfg = dataclasses.replace(CFG, scan_layers=scan)
   params = _params(cfg)
   tokens = jax.random.randint(jax.random.key(2), (2, cfg.seq_len), 0, cfg.vocab_size)
-  adapted = model_lib.Transformer(cfg).apply({'params': params}, tokens)
-  plain_cfg = dataclasses.replace(cfg, lora_rank=0)
-  merged = model_lib.Transformer(plain_cfg).apply(
-    {'params': lora.merge_adapters(params, cfg)}, tokens
+  with lora.adapters(SPEC):
+    adapted = model_lib.Transformer(cfg).apply({'params': params}, tokens)
+  merged = model_lib.Transformer(cfg).apply(
+    {'params': lora.merge_adapters(params, SPEC, scan)}, tokens
   )
-  base = model_lib.Transformer(plain_cfg).apply(
-    {'params': lora.merge_adapters(jax.tree.map(jnp.zeros_like, params), cfg)}, tokens
+  base = model_lib.Transformer(cfg).apply(
+    {'params': lora.merge_adapters(jax.tree.map(jnp.zeros_like, params), SPEC, scan)}, tokens
   )
   np.testing.assert_allclose(merged, adapted, atol=1e-5, rtol=0)
   assert not np.allclose(base, adapted, atol=1e-3)  # the adapters did change the model
 
 
 def test_each_choice_trains_the_params_it_names():
-  cfg = dataclasses.replace(CFG, lora_rank=0)
-  classifier = model_lib.Classifier(cfg, 3)
-  params = _params(cfg, classifier)
+  cfg = CFG
+  params = _params(cfg, None, classifier.init_fn(classifier.Classifier(cfg, 3)))
 
   def paths(choice, **kw):
-    trainable, _ = lora.split(params, lora.predicate(choice, cfg, prefix=('backbone',), **kw))
+    trainable, _ = trees.split(params, lora.predicate(choice, cfg, prefix=('backbone',), **kw))
     return sorted('/'.join(p) for p in _flat(trainable))
 
   assert paths('head') == ['head/bias', 'head/kernel']
@@ -96,24 +101,27 @@ def _flat(tree):
 
 
 def test_only_trainable_params_get_gradients_and_optimizer_state(corpus_dir):
+  """The fine-tune's run freezes through its optimizer: moments for the adapters only, and
+  after two steps every adapter has moved while every other param is bit-identical."""
   config = tiny_config(corpus_dir)
-  cfg = dataclasses.replace(model_lib.ModelConfig.from_config(config.model, 64), lora_rank=2)
+  config.unlock()
+  config.finetune = finetune_config.finetune_config('instruct')
+  config.finetune.lora.rank = 2
   mesh = sharding.make_mesh(config.mesh)
-  model = model_lib.Transformer(cfg)
-  s = train.setup(config, cfg, mesh, model, lora.predicate('lora', cfg), train.lm_loss(model))
-  adapters = lora.count(s.abstract_state.params)
-  assert adapters == lora.adapter_count(cfg)
-  moments = s.abstract_state.opt_state[1][0]  # clip, then adamw's scale_by_adam
-  assert lora.count(moments.mu) == lora.count(moments.nu) == adapters
-  full = _params(cfg, model)
-  trainable, s.frozen = lora.split(full, lora.predicate('lora', cfg))
-  s.frozen = jax.device_put(s.frozen, s.frozen_shardings)
-  before = jax.device_get(trainable)
-  with s.context():
-    state = jax.jit(
-      lambda p: train.TrainState(jnp.int32(0), p, s.tx.init(p)), out_shardings=s.state_shardings
-    )(trainable)
-    step = train.jit_train_step(s, config)
+  run = finetune.build_run(config, mesh, 64)
+  cfg, spec = run.model.cfg, lora.of_finetune(config.finetune)
+  is_trainable = lora.predicate('lora', cfg)
+  adapters = trees.count(trees.split(run.abstract_state.params, is_trainable)[0])
+  assert adapters == lora.adapter_count(cfg, spec)
+  # multi_transform's 'train' branch: masked, then clip, then adamw's scale_by_adam
+  moments = run.abstract_state.opt_state.inner_states['train'].inner_state[1][0]
+  assert trees.count(moments.mu) == trees.count(moments.nu) == adapters
+  full = _params(cfg, None, run.init_fn)  # run.init_fn adds the adapters itself
+  trainable, frozen = trees.split(full, is_trainable)
+  before, frozen_before = jax.device_get(trainable), jax.device_get(frozen)
+  with run.context():
+    state = run.init_state(params=jax.tree.map(jax.device_put, full, run.state_shardings.params))
+    step = step_lib.jit_train_step(run, config)
     tokens = np.random.default_rng(0).integers(3, 64, (8, cfg.seq_len + 1)).astype(np.int32)
     batch = sharding.global_batch(
       {
@@ -126,6 +134,8 @@ def test_only_trainable_params_get_gradients_and_optimizer_state(corpus_dir):
     for _ in range(2):  # the first step's learning rate is 0 (warmup)
       state, metrics = step(state, batch)
   assert np.isfinite(float(metrics['loss']))
-  assert jax.tree.structure(state.params) == jax.tree.structure(before)
-  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), state.params, before)
+  after, frozen_after = trees.split(jax.device_get(state.params), is_trainable)
+  assert jax.tree.structure(after) == jax.tree.structure(before)
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), after, before)
   assert all(jax.tree.leaves(changed))
+  jax.tree.map(np.testing.assert_array_equal, frozen_after, frozen_before)

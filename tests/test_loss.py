@@ -8,11 +8,11 @@ import pytest
 
 from jaxgpt.data.synthetic import random_batch
 from jaxgpt import evaluate
-from jaxgpt import loss
+from jaxgpt import chunked_loss
 from jaxgpt import model as model_lib
 from jaxgpt import plan
 from jaxgpt import sharding
-from jaxgpt import train
+from jaxgpt import runstate
 from tests.helpers import tiny_config
 
 B, L, D, V = 4, 12, 16, 40
@@ -37,7 +37,8 @@ def _plain(h_BxLxD, table_VxD, targets_BxL, weights_BxL):
 def test_value_and_gradients_match_the_plain_loss(chunks):
   h, table, targets, weights = _inputs()
   want, (want_dh, want_dtable) = jax.value_and_grad(_plain, (0, 1))(h, table, targets, weights)
-  chunked = lambda h, t: 2.5 * loss.nll_sum(h, t, targets, weights, chunks)  # a cotangent != 1
+  # A cotangent != 1:
+  chunked = lambda h, t: 2.5 * chunked_loss.nll_sum(h, t, targets, weights, chunks)
   got, (dh, dtable) = jax.jit(jax.value_and_grad(chunked, (0, 1)))(h, table)
   np.testing.assert_allclose(got, 2.5 * want, rtol=1e-5)
   np.testing.assert_allclose(dh, 2.5 * want_dh, rtol=1e-4, atol=1e-6)
@@ -45,7 +46,7 @@ def test_value_and_gradients_match_the_plain_loss(chunks):
   # Zero-weight positions get no gradient.
   assert not np.any(np.asarray(dh)[np.asarray(weights) == 0])
   # Without a gradient (evaluation) only the loss is made; the value is the same.
-  alone = jax.jit(lambda h, t: loss.nll_sum(h, t, targets, weights, chunks))(h, table)
+  alone = jax.jit(lambda h, t: chunked_loss.nll_sum(h, t, targets, weights, chunks))(h, table)
   np.testing.assert_allclose(alone, want, rtol=1e-5)
 
 
@@ -54,7 +55,7 @@ def test_token_logp_matches_log_softmax_and_argmax(chunks):
   h, table, targets, _ = _inputs()
   logits_BxLxV = h @ table.T
   want = jnp.take_along_axis(jax.nn.log_softmax(logits_BxLxV), targets[..., None], -1)[..., 0]
-  scores = jax.jit(lambda h, t, y: loss.token_logp(h, t, y, chunks))
+  scores = jax.jit(lambda h, t, y: chunked_loss.token_logp(h, t, y, chunks))
   logp, greedy = scores(h, table, targets)
   np.testing.assert_allclose(logp, want, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(greedy, logits_BxLxV.argmax(-1) == targets)
@@ -65,7 +66,7 @@ def test_token_logp_matches_log_softmax_and_argmax(chunks):
 def test_bfloat16_products_stay_close():
   h, table, targets, weights = _inputs(1)
   want = _plain(h, table, targets, weights)
-  got = loss.nll_sum(h, table, targets, weights, 4, 'bfloat16')
+  got = chunked_loss.nll_sum(h, table, targets, weights, 4, 'bfloat16')
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=2e-2)
 
@@ -76,7 +77,7 @@ def _setup(corpus_dir, chunks):
   c.train.batch_size = 8
   c.mesh.shape.data = 1
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
-  return c, train.setup(c, model_lib.ModelConfig.from_config(c.model, 8192), mesh)
+  return c, runstate.pretraining(c, model_lib.ModelConfig.from_config(c.model, 8192), mesh)
 
 
 def _eval_step(s):

@@ -16,6 +16,7 @@ from jaxgpt import checkpoint
 from jaxgpt import inference
 from jaxgpt import metrics
 from jaxgpt import model as model_lib
+from jaxgpt import runstate
 from jaxgpt import sharding
 from jaxgpt import train
 from jaxgpt import workdir as workdir_lib
@@ -318,7 +319,7 @@ def test_a_stop_signal_saves_the_step_it_arrived_in(corpus_dir, tmp_path):
   c = tiny_config(corpus_dir, steps=50)
   mesh = sharding.make_mesh(c.mesh)
   prepared = pipeline.prepare(c.data, str(tmp_path))
-  s = train.setup(
+  s = runstate.pretraining(
     c, model_lib.ModelConfig.from_config(c.model, prepared.tokenizer.vocab_size), mesh
   )
   batches = iter(loader.train_loader(prepared, c.model.seq_len, c.train.batch_size, 0))

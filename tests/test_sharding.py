@@ -5,7 +5,7 @@ from jax.sharding import PartitionSpec as P
 from configs import mesh as mesh_presets
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
-from jaxgpt import train
+from jaxgpt import runstate
 from jaxgpt.errors import UserError
 from tests.helpers import tiny_config
 
@@ -29,7 +29,7 @@ def test_every_param_sharding_matches_the_rules(corpus_dir):
   config.mesh = _mesh_cfg(2, 2, 2)
   mesh = sharding.make_mesh(config.mesh)
   cfg = model_lib.ModelConfig.from_config(config.model, 300)
-  s = train.setup(config, cfg, mesh)
+  s = runstate.pretraining(config, cfg, mesh)
   state = s.init_state(0)
   # The Megatron + ZeRO-3 layout the rules describe, written out by hand.
   expected = {
@@ -86,4 +86,4 @@ def test_param_that_does_not_split_over_tensor_axis(corpus_dir):
   mesh = sharding.make_mesh(config.mesh)
   cfg = model_lib.ModelConfig.from_config(config.model, 300)  # 4 heads over 8 devices
   with pytest.raises(UserError, match=r"block_0/attn/.* has a dimension of 4 .*'tensor'"):
-    train.setup(config, cfg, mesh)
+    runstate.pretraining(config, cfg, mesh)

@@ -132,6 +132,7 @@ def test_scores_equal_a_direct_forward_of_each_sequence(chunks, on_mesh):
     )
     params = jax.device_put(params, NamedSharding(mesh, P()))
   else:
+    mesh = Mesh(jax.devices()[:1], ('devices',))
     params = jax.device_put(params)
   rng = np.random.default_rng(0)
   # Lengths from 2 to 30 tokens: the longest are cut from the left to the window.
@@ -142,7 +143,7 @@ def test_scores_equal_a_direct_forward_of_each_sequence(chunks, on_mesh):
     )
     for _ in range(11)
   ]
-  scorer = tasks.Scorer(m, params, batch_size=4)
+  scorer = tasks.Scorer(m, params, mesh, batch_size=4)
   assert scorer.batch_size == (8 if on_mesh else 4)
   logp, greedy = scorer.score(pairs)
   for (context, cont), lp, gr in zip(pairs, logp, greedy):

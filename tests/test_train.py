@@ -8,6 +8,8 @@ from jaxgpt.data.synthetic import random_batch
 from configs import mesh as mesh_presets
 from jaxgpt import model as model_lib
 from jaxgpt import sharding
+from jaxgpt import runstate
+from jaxgpt import step as step_lib
 from jaxgpt import train
 from tests.helpers import tiny_config
 
@@ -19,10 +21,10 @@ def _losses(config, shape, steps=3, batches=None):
   n = int(np.prod(shape))
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:n])
   cfg = model_lib.ModelConfig.from_config(config.model, 300)
-  s = train.setup(config, cfg, mesh)
+  s = runstate.pretraining(config, cfg, mesh)
   state = s.init_state(config.train.seed)
   with s.context():
-    step = train.jit_train_step(s, config)
+    step = step_lib.jit_train_step(s, config)
     losses = []
     for i in range(steps):
       batch = (

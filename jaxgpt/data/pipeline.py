@@ -262,3 +262,19 @@ def _build_in_subprocess(cfg, directory, tokenizer):
       f"preparing the token store failed (exit {code}); the stages' logs "
       f'are in {os.path.join(directory, "logs")}'
     )
+
+
+def prepare_shared(data_cfg, workdir, tokenizer=None, for_eval=False) -> Prepared:
+  """`prepare` for a run of several processes: process 0 builds the token store first; the
+  others then reuse it (shared filesystem) or build the same one (local disks): never two
+  writers of one file at once."""
+  import jax
+
+  build = lambda: prepare(data_cfg, workdir, tokenizer, for_eval)
+  if jax.process_count() == 1:
+    return build()
+  from jax.experimental import multihost_utils
+
+  prepared = build() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('jaxgpt: token store prepared')
+  return prepared or build()

@@ -1,0 +1,175 @@
+"""The run: the immutable value built once per run, before anything compiles.
+
+`Run` holds the mesh, the logical-axis rules, the model, the optimizer, the loss the step
+minimises and the shardings and shapes of the train state. Pretraining builds one with
+`pretraining`; a fine-tune builds its own (finetune.py) from the same `build`, with its
+model, its loss and its optimizer's freezing. Everything that compiles for the run (the
+train step, evaluation, sampling, planning) takes it; nothing assigns to it. Code that
+traces the model runs inside `run.context()`, which each entry point enters once.
+"""
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxgpt import checkpoint as checkpoint_lib
+from jaxgpt import generate as generate_lib
+from jaxgpt import loss as loss_lib
+from jaxgpt import metrics as metrics_lib
+from jaxgpt import model as model_lib
+from jaxgpt import optim
+from jaxgpt import sharding
+from jaxgpt import trees
+from jaxgpt.data import loader
+from jaxgpt.errors import UserError
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  model: nn.Module
+  tx: optax.GradientTransformation
+  lr: optax.Schedule
+  loss_fn: Callable  # loss_fn(params, batch, rng) -> (summed loss, summed weight)
+  init_fn: Callable  # init_fn(rng) -> fresh params, boxed with their logical axes
+  state_shardings: TrainState
+  abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+  flops_per_token: float  # model FLOPs of a train step per token, for MFU
+  batch_shapes: Callable  # batch_shapes(batch_size) -> {field: (shape, dtype)} the loss reads
+
+  def context(self):
+    """Mesh and logical rules for tracing: what the model's constraints resolve against."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def init_params(self, seed: int):
+    """Fresh params on their shardings (under run.context())."""
+    init = lambda rng: trees.strip_boxes(self.init_fn(rng))
+    return jax.jit(init, out_shardings=self.state_shardings.params)(jax.random.key(seed))
+
+  def init_state(self, seed: int = 0, params=None) -> TrainState:
+    """Step 0 with fresh params (or `params`) and their optimizer state (under run.context())."""
+    params = self.init_params(seed) if params is None else params
+    make = lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p))
+    return jax.jit(make, out_shardings=self.state_shardings)(params)
+
+
+def build(
+  config, mesh, model, loss_fn, init_fn, tx, lr, flops_per_token: float, batch_shapes=None
+) -> Run:
+  """The Run of `model` on `mesh`: param shardings from config.mesh's rules, the
+  optimizer state's from the params'."""
+  rules = sharding.rules(config.mesh)
+  rng = jax.eval_shape(jax.random.key, 0)  # abstract: the mesh may be a remote topology's
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_fn, rng)
+  param_sh = sharding.logical_shardings(boxed, mesh, config.mesh)
+  params = trees.strip_boxes(boxed)
+  sharding.check_divisible(params, param_sh)
+  opt_state = jax.eval_shape(tx.init, params)
+  replicated = NamedSharding(mesh, P())
+  opt_sh = _mirror_params(opt_state, params, param_sh, replicated)
+  shardings = TrainState(replicated, param_sh, opt_sh)
+  abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state)
+  abstract = checkpoint_lib.abstract_with_shardings(abstract, shardings)
+  batch_shapes = batch_shapes or functools.partial(lm_batch_shapes, model.cfg.seq_len)
+  return Run(
+    mesh, rules, model, tx, lr, loss_fn, init_fn, shardings, abstract, flops_per_token, batch_shapes
+  )
+
+
+def lm_batch_shapes(seq_len: int, batch_size: int) -> dict:
+  """A next-token batch: what loader.train_loader yields."""
+  rows = (batch_size, seq_len)
+  return {'inputs': (rows, jnp.int32), 'targets': (rows, jnp.int32), 'weights': (rows, jnp.float32)}
+
+
+def _mirror_params(opt_state, params, param_sh, replicated):
+  """Shardings for the optimizer state: a leaf whose key path ends in a param's path, with
+  that param's shape (AdamW's moments, also under optax's masks and multi_transform), takes
+  the param's sharding; counts and the rest are replicated."""
+  by_path = {
+    keys: (p.shape, sh) for (keys, p), sh in zip(_keyed_leaves(params), jax.tree.leaves(param_sh))
+  }
+
+  def sharding_of(path, leaf):
+    keys = _keys(path)
+    for i in range(len(keys)):
+      shape, sh = by_path.get(keys[i:], (None, None))
+      if shape == leaf.shape:
+        return sh
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(sharding_of, opt_state)
+
+
+def _keys(path) -> tuple:
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _keyed_leaves(tree):
+  return [(_keys(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def init_fn(model: model_lib.Transformer):
+  """Boxed (logically named) params of a Transformer, from a dummy batch of one sequence."""
+  tokens = jnp.zeros((1, model.cfg.seq_len), jnp.int32)
+  return lambda rng: model.init(rng, tokens)['params']
+
+
+def pretraining(config, model_cfg: model_lib.ModelConfig, mesh) -> Run:
+  """The Run of a language model trained from scratch on config.train's objective."""
+  model = model_lib.Transformer(model_cfg)
+  tx, lr = optim.make(config.optim, config.train.steps)
+  tc = config.train
+  loss_fn = lambda params, batch, rng: loss_lib.next_token_loss(
+    model, params, batch, rng=rng, z_loss=tc.z_loss, label_smoothing=tc.label_smoothing
+  )
+  return build(
+    config, mesh, model, loss_fn, init_fn(model), tx, lr, metrics_lib.flops_per_token(model_cfg)
+  )
+
+
+def check_config(config, mesh):
+  """Everything about the config that can be checked before data or compilation."""
+  model_lib.ModelConfig.from_config(config.model, tokenizer_vocab=1)
+  generate_lib.Sampling.from_config(config.eval)
+  tc = config.train
+  for key in (
+    'batch_size',
+    'steps',
+    'log_every',
+    'eval_every',
+    'checkpoint_every',
+    'micro_batches',
+    'keep_checkpoints',
+  ):
+    if tc[key] <= 0:
+      raise UserError(f'train.{key}={tc[key]} must be a positive integer')
+  for key, zero in (('run_steps', 'all steps'), ('eval_batches', 'the whole split')):
+    if tc[key] < 0:
+      raise UserError(f'train.{key}={tc[key]} must be 0 ({zero}) or positive')
+  if tc.z_loss < 0:
+    raise UserError(f'train.z_loss={tc.z_loss} must be >= 0 (0: off; PaLM used 1e-4)')
+  if not 0 <= tc.label_smoothing < 1:
+    raise UserError(f'train.label_smoothing={tc.label_smoothing} must be in [0, 1) (0: off)')
+  sharding.check_batch(tc.batch_size, tc.micro_batches, mesh)
+  loader.check_batch(tc.batch_size, jax.process_count())
