@@ -130,11 +130,11 @@ def main(argv):
     sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     if jax.process_index() != 0:  # one process speaks for the run
       logging.getLogger('jaxgpt').setLevel(logging.WARNING)
-  tuning = 'finetune' in FLAGS.config
+  tuning = FLAGS.config.train.kind != 'pretrain'
   try:
-    if tuning and FLAGS.mode not in ('train', 'predict', 'export'):
+    if tuning and FLAGS.mode not in ('train', 'predict', 'export', 'plan'):
       raise UserError(
-        f'--mode={FLAGS.mode} is for pretraining runs; a fine-tune trains, '
+        f'--mode={FLAGS.mode} is for pretraining runs; a fine-tune trains, plans, '
         'predicts (classification) or exports (instructions)'
       )
     if not tuning and FLAGS.mode in ('predict', 'export'):
@@ -171,7 +171,7 @@ def main(argv):
             flush=True,
           )
     elif FLAGS.mode == 'plan':
-      _plan()
+      _plan(finetune.plan_run if tuning else None)
   except UserError as e:
     _exit(str(e))
 
@@ -204,11 +204,11 @@ def _prepare():
   )
 
 
-def _plan():
+def _plan(build_run):
   import os
   from jaxgpt import plan
 
-  report = plan.plan(FLAGS.config, FLAGS.topology, FLAGS.device_memory_gb)
+  report = plan.plan(FLAGS.config, FLAGS.topology, FLAGS.device_memory_gb, build_run)
   print(plan.table(report))
   os.makedirs(FLAGS.workdir, exist_ok=True)
   path = os.path.join(FLAGS.workdir, f'plan-{FLAGS.topology.replace(":", "")}.json')

@@ -28,7 +28,7 @@ def model_config(layers, heads, width, seq_len, batch, vocab=8192, **model):
 def setup(config, devices=None):
   devices = devices or jax.devices()[:1]
   mesh = sharding.make_mesh(config.mesh, devices)
-  cfg = model_lib.ModelConfig.from_config(config.model, config.data.tokenizer.vocab_size)
+  cfg = model_lib.ModelConfig.from_config(config, config.data.tokenizer.vocab_size)
   return runstate.pretraining(config, cfg, mesh)
 
 

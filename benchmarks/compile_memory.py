@@ -60,7 +60,7 @@ def accumulation_memory(micro_batch=4):
   rows = []
   for m in (1, 2, 4, 8):
     acc = common.model_config(6, 4, 256, 256, micro_batch * m)
-    acc.train.micro_batches = m
+    acc.execution.micro_batches = m
     whole = common.model_config(6, 4, 256, 256, micro_batch * m)
     rows.append(
       {

@@ -42,13 +42,8 @@ def data_config() -> ml_collections.ConfigDict:
   # experiments/mixture.py. Empty: the one source above. Weights act in the loader, so
   # changing them reuses the prepared store.
   d.mixture = ml_collections.ConfigDict()
-  # Bad input (a corrupt shard, a non-UTF-8 line, a line that is not JSON, a record without
-  # the text field): False stops naming file:line; True skips it, counted and named in the
-  # data card.
-  d.skip_bad_records = False
   d.max_docs = 0  # at most N documents per source, spread over its files (0: all)
   d.val_fraction = 0.02  # share of documents (by content hash) held out for validation
-  d.cache_dir = ''  # where the tokenizer and token store go; empty: WORKDIR/data
 
   d.clean = ml_collections.ConfigDict()
   d.clean.normalize = 'NFC'  # unicodedata form ('NFC', 'NFKC', ...) or '' for none
@@ -97,7 +92,13 @@ def data_config() -> ml_collections.ConfigDict:
   d.tokenizer.train_chunks = 200_000  # pieces of documents sampled to train on
   d.tokenizer.sample_mb = 32  # training documents sampled (by hash) to train the tokenizer
 
-  d.prep = ml_collections.ConfigDict()  # how the preparation stages run (datatrove)
+  # How the preparation runs and where it keeps its results: fields a resumed run may change.
+  d.prep = ml_collections.ConfigDict()
+  d.prep.cache_dir = ''  # where the tokenizer and token store go; empty: WORKDIR/data
+  # Bad input (a corrupt shard, a non-UTF-8 line, a line that is not JSON, a record without
+  # the text field): False stops naming file:line; True skips it, counted and named in the
+  # data card.
+  d.prep.skip_bad_records = False
   # 'local': here, on data.prep.workers processes. 'slurm': each stage submitted as a Slurm
   # job array after the one before (`--mode=prepare`); see docs/data.md.
   d.prep.executor = 'local'
@@ -148,6 +149,7 @@ def source_config(**fields) -> ml_collections.ConfigDict:
 
 
 def model_config() -> ml_collections.ConfigDict:
+  """The architecture: what the params and the function they compute are."""
   m = ml_collections.ConfigDict()
   m.num_layers = 4
   m.num_heads = 4
@@ -160,14 +162,22 @@ def model_config() -> ml_collections.ConfigDict:
   m.use_bias = True  # biases in dense layers and LayerNorm (GPT-2 has them)
   m.tie_embeddings = True  # output logits reuse the token embedding
   m.dtype = 'float32'  # compute dtype; params and optimizer state stay float32
-  m.scan_layers = False  # nn.scan over blocks: compile time flat in depth
-  m.remat = 'none'  # 'none', 'full', 'dots', 'dots_no_batch': what backward recomputes
-  m.attention_block = 0  # query block size for causal attention (0: one full block)
-  # 1: the plain loss (jaxgpt/loss.py), whole logits at once. N > 1: the same loss made N
-  # chunks of positions at a time (jaxgpt/chunked_loss.py): less memory for a big vocabulary.
-  m.loss_chunks = 1
   m.init_std = 0.02
   return m
+
+
+def execution_config() -> ml_collections.ConfigDict:
+  """How a step is computed: trades of memory for time that leave the params and the loss
+  as they are (up to rounding), so a resumed run may change them."""
+  x = ml_collections.ConfigDict()
+  x.scan_layers = False  # nn.scan over blocks: compile time flat in depth
+  x.remat = 'none'  # 'none', 'full', 'dots', 'dots_no_batch': what backward recomputes
+  x.attention_block = 0  # query block size for causal attention (0: one full block)
+  # 1: the plain loss (jaxgpt/loss.py), whole logits at once. N > 1: the same loss made N
+  # chunks of positions at a time (jaxgpt/chunked_loss.py): less memory for a big vocabulary.
+  x.loss_chunks = 1
+  x.micro_batches = 1  # gradient accumulation: the batch is split into this many
+  return x
 
 
 def optim_config() -> ml_collections.ConfigDict:
@@ -186,28 +196,35 @@ def optim_config() -> ml_collections.ConfigDict:
 
 
 def train_config() -> ml_collections.ConfigDict:
+  """What the run is: its kind, its batches, its length, its objective and its seed."""
   t = ml_collections.ConfigDict()
+  t.kind = 'pretrain'  # 'pretrain', or a fine-tune: 'classify', 'instruct' (experiments/finetune_*)
   t.batch_size = 16  # global batch, in sequences
-  t.micro_batches = 1  # gradient accumulation: the batch is split into this many
   t.steps = 1000
-  t.run_steps = 0  # stop this invocation after N steps (0: run to train.steps); resumable
-  t.log_every = 50
-  t.eval_every = 500
-  t.eval_batches = 20  # validation batches per evaluation (0: the whole split)
-  t.checkpoint_every = 500
-  t.keep_checkpoints = 3
-  t.async_checkpoints = True
   t.seed = 0
   t.z_loss = 0.0  # weight of log(Z)^2 per token, keeping the softmax normaliser near 1 (PaLM: 1e-4)
   t.label_smoothing = 0.0  # share of each target's probability spread over the vocabulary
-  t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0: measure a matmul at start-up
+  return t
+
+
+def loop_config() -> ml_collections.ConfigDict:
+  """How the training loop reports, evaluates, saves and stops: a resumed run may change it."""
+  r = ml_collections.ConfigDict()
+  r.run_steps = 0  # stop this invocation after N steps (0: run to train.steps); resumable
+  r.log_every = 50
+  r.eval_every = 500
+  r.eval_batches = 20  # validation batches per evaluation (0: the whole split)
+  r.checkpoint_every = 500
+  r.keep_checkpoints = 3
+  r.async_checkpoints = True
+  r.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0: measure a matmul at start-up
   # A non-finite loss or gradient: False stops the run (the last good checkpoint stays the
   # latest); True skips that update, keeps the params, and counts it.
-  t.skip_nonfinite = False
-  # Resuming a run whose saved config differs (beyond the fields in RESUMABLE_CHANGES of
-  # jaxgpt/train.py) is refused unless this is True.
-  t.allow_config_change = False
-  return t
+  r.skip_nonfinite = False
+  # Resuming a run whose saved config differs outside RESUMABLE_SECTIONS is refused unless
+  # this is True.
+  r.allow_config_change = False
+  return r
 
 
 def eval_config() -> ml_collections.ConfigDict:
@@ -231,6 +248,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = model_config()
   c.optim = optim_config()
   c.train = train_config()
+  c.execution = execution_config()
+  c.loop = loop_config()
   c.eval = eval_config()
-  c.mesh = mesh_presets.get('dp')
+  c.mesh = mesh_presets.get('dp')  # where the run runs
   return c
+
+
+# The sections a resumed run may change: how a step is computed, where it runs, how the loop
+# reports and saves, what evaluation and sampling do, and how the data preparation runs.
+# Everything else (data, model, optim, train) makes the run what it is.
+RESUMABLE_SECTIONS = ('execution', 'mesh', 'loop', 'eval', 'data.prep')

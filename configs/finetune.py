@@ -23,7 +23,6 @@ ALPACA_NO_INPUT = (
 
 def finetune_config(task: str) -> ml_collections.ConfigDict:
   f = ml_collections.ConfigDict()
-  f.task = task  # 'classify' or 'instruct'
   f.base_workdir = ''  # the pretrained run: its latest (or base_step) checkpoint
   f.base_step = 0  # 0: the latest
   f.train_path = ''  # .csv, .tsv, .jsonl or .json
@@ -57,12 +56,13 @@ def finetune_config(task: str) -> ml_collections.ConfigDict:
 
 def get_config(task: str) -> ml_collections.ConfigDict:
   c = base.get_config()
+  c.train.kind = task
   c.finetune = finetune_config(task)
   c.train.steps = 200
-  c.train.log_every = 20
-  c.train.eval_every = 50
-  c.train.checkpoint_every = 100
-  c.train.eval_batches = 0
+  c.loop.log_every = 20
+  c.loop.eval_every = 50
+  c.loop.checkpoint_every = 100
+  c.loop.eval_batches = 0
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 10
   c.optim.weight_decay = 0.0

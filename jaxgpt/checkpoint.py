@@ -16,6 +16,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from jaxgpt import layout
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.errors import UserError
 
@@ -48,21 +49,29 @@ class Checkpointer:
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(self, step: int, abstract_state, data_iterator=None):
-    """Restores the state onto the shardings `abstract_state` carries, and the iterator."""
-    items = dict(state=ocp.args.StandardRestore(abstract_state))
-    if data_iterator is not None:
-      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored['state']
+    """Restores the state onto the shardings `abstract_state` carries, and the iterator.
+    A state saved with the other layer layout (execution.scan_layers) is converted."""
+
+    def restore_fn(target):
+      items = dict(state=ocp.args.StandardRestore(target))
+      if data_iterator is not None:
+        items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+      return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
+
+    return layout.restore(restore_fn, abstract_state, self.saved_shapes(step, quiet=True))
 
   def restore_params(self, step: int, abstract_params):
     """Only the params of a saved state (no optimizer moments), onto the shardings that
     `abstract_params` carries: what a fine-tune or an evaluation needs of a run."""
-    restore_args = ocp.checkpoint_utils.construct_restore_args({'params': abstract_params})
-    args = ocp.args.PyTreeRestore(
-      item={'params': abstract_params}, restore_args=restore_args, partial_restore=True
-    )
-    return self.manager.restore(step, args=ocp.args.Composite(state=args))['state']['params']
+
+    def restore_fn(target):
+      restore_args = ocp.checkpoint_utils.construct_restore_args({'params': target})
+      args = ocp.args.PyTreeRestore(
+        item={'params': target}, restore_args=restore_args, partial_restore=True
+      )
+      return self.manager.restore(step, args=ocp.args.Composite(state=args))['state']['params']
+
+    return layout.restore(restore_fn, abstract_params, self.saved_shapes(step, quiet=True))
 
   def restore_json(self, step: int, item: str) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[
@@ -108,7 +117,7 @@ class Checkpointer:
       )
     return None, None
 
-  def saved_shapes(self, step: int) -> dict | None:
+  def saved_shapes(self, step: int, quiet: bool = False) -> dict | None:
     """{'params/block_0/...': shape} of a step's train state, from its metadata alone; None
     when the metadata does not read (the restore then finds the step damaged)."""
     reader = ocp.CheckpointManager(
@@ -117,7 +126,8 @@ class Checkpointer:
     try:
       return shapes(reader.item_metadata(step)['state'])
     except Exception as e:  # noqa: BLE001 (what a damaged file raises varies)
-      log.warning('could not read the shapes saved at step %d: %s', step, e)
+      if not quiet:
+        log.warning('could not read the shapes saved at step %d: %s', step, e)
       return None
     finally:
       reader.close()

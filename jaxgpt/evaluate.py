@@ -66,7 +66,7 @@ def make_jitted_eval_step(model, state_param_shardings, batch_sharding):
 def make_evaluator(config, run, prepared, writer):
   """run_eval(params, step): validation loss, perplexity and bits per byte, logged; called
   under run.context()."""
-  tc, seq_len = config.train, run.model.cfg.seq_len
+  tc, lc, seq_len = config.train, config.loop, run.model.cfg.seq_len
   eval_step = make_jitted_eval_step(
     run.model, run.state_shardings.params, sharding.batch_sharding(run.mesh)
   )
@@ -74,7 +74,7 @@ def make_evaluator(config, run, prepared, writer):
 
   def run_eval(params, step):
     batches = loader.eval_batches(
-      prepared, seq_len, tc.batch_size, tc.eval_batches, jax.process_index(), jax.process_count()
+      prepared, seq_len, tc.batch_size, lc.eval_batches, jax.process_index(), jax.process_count()
     )
     result = evaluate(
       eval_step, params, batches, table_V, lambda b: sharding.global_batch(b, run.mesh)

@@ -10,6 +10,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from configs import base as base_config
+from jaxgpt import layout
+
 from jaxgpt.errors import UserError
 
 
@@ -46,7 +49,7 @@ class StopRequest:
 
 
 def stop_non_finite(step: int, last_saved: int | None, skipping: bool):
-  """Stops the run at the first non-finite step (unless train.skip_nonfinite skips it)."""
+  """Stops the run at the first non-finite step (unless loop.skip_nonfinite skips it)."""
   if skipping:
     return
   where = (
@@ -57,36 +60,60 @@ def stop_non_finite(step: int, last_saved: int | None, skipping: bool):
   raise UserError(
     f'the loss or gradient became non-finite at step {step}; stopped without '
     f'saving it: {where}. Lower optim.lr, raise optim.warmup_steps or set '
-    '--config.train.skip_nonfinite=True to skip such updates'
+    '--config.loop.skip_nonfinite=True to skip such updates'
   )
 
 
-# Fields a resumed run may change: how it reports and saves, where it runs, and the knobs
-# that trade memory for time without changing the params or the loss (up to rounding), so
-# a run that ran out of memory resumes with more remat, micro-batches or loss chunks.
-# (Micro-batches also draw dropout's masks per micro-batch.) Runs saved before
-# model.loss_chunks existed resume too.
-RESUMABLE_CHANGES = (
-  'train.run_steps',
-  'train.log_every',
-  'train.eval_every',
-  'train.eval_batches',
-  'train.checkpoint_every',
-  'train.keep_checkpoints',
-  'train.async_checkpoints',
-  'train.peak_flops',
-  'train.skip_nonfinite',
-  'train.allow_config_change',
-  'data.cache_dir',
-  'data.skip_bad_records',
-  'data.prep.',
-  'eval.',
-  'mesh.',
-  'model.loss_chunks',
-  'model.remat',
-  'model.attention_block',
-  'train.micro_batches',
-)
+# What a resumed run may change follows from the config's sections (configs/base.py): how a
+# step is computed (so a run that ran out of memory resumes with more remat, micro-batches
+# or loss chunks; micro-batches also draw dropout's masks per micro-batch), where it runs,
+# how the loop reports and saves, evaluation, and how the data preparation runs.
+RESUMABLE = tuple(f'{section}.' for section in base_config.RESUMABLE_SECTIONS)
+
+# Fields that moved to their sections (issue 15), and fields added since: a run saved
+# before reads as if saved now.
+MOVED = {
+  **{
+    f'model.{k}': f'execution.{k}'
+    for k in ('scan_layers', 'remat', 'attention_block', 'loss_chunks')
+  },
+  'train.micro_batches': 'execution.micro_batches',
+  **{
+    f'train.{k}': f'loop.{k}'
+    for k in (
+      'run_steps',
+      'log_every',
+      'eval_every',
+      'eval_batches',
+      'checkpoint_every',
+      'keep_checkpoints',
+      'async_checkpoints',
+      'peak_flops',
+      'skip_nonfinite',
+      'allow_config_change',
+    )
+  },
+  'data.cache_dir': 'data.prep.cache_dir',
+  'data.skip_bad_records': 'data.prep.skip_bad_records',
+  'finetune.task': 'train.kind',
+}
+ADDED = {'train.kind': 'pretrain', 'train.z_loss': 0.0, 'train.label_smoothing': 0.0}
+
+
+def upgrade(saved: dict) -> dict:
+  """A saved config in this version's layout (see MOVED and ADDED)."""
+  flat = _flatten(saved)
+  flat = {MOVED.get(k, k): v for k, v in flat.items()}
+  for key, default in ADDED.items():
+    flat.setdefault(key, default)
+  out = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split('.')
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
 
 
 def _flatten(tree, prefix=''):
@@ -107,20 +134,23 @@ def _changed(now: dict, before: dict) -> list[str]:
 def check_resumable(config, saved: dict, workdir: str):
   """Refuses to continue a run under a config that would make it a different run."""
   now = _flatten(json.loads(config.to_json()))
-  before = _flatten(saved)
-  differ = [k for k in _changed(now, before) if not k.startswith(RESUMABLE_CHANGES)]
-  if differ and not config.train.allow_config_change:
+  before = _flatten(upgrade(saved))
+  differ = [k for k in _changed(now, before) if not k.startswith(RESUMABLE)]
+  if differ and not config.loop.allow_config_change:
     changes = '; '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in differ)
     raise UserError(
       f'{workdir} holds a run with a different config ({changes}). Use another '
-      '--workdir, or pass --config.train.allow_config_change=True to resume '
+      '--workdir, or pass --config.loop.allow_config_change=True to resume '
       'it under the new config'
     )
 
 
 def check_shapes(now: dict, saved: dict | None, config, saved_config: dict, workdir: str):
-  """Refuses, whatever train.allow_config_change says, a config whose train state has other
-  shapes than the checkpoint's: no restore could continue such a run."""
+  """Refuses, whatever loop.allow_config_change says, a config whose train state has other
+  shapes than the checkpoint's: no restore could continue such a run. The layer layout
+  (execution.scan_layers) may differ: a restore converts it."""
+  if saved is not None:
+    saved = layout.shapes_as(saved, layout.is_scanned(now))
   if saved is None or now == saved:
     return
   differ = sorted(set(now) ^ set(saved)) + sorted(
@@ -131,7 +161,7 @@ def check_shapes(now: dict, saved: dict | None, config, saved_config: dict, work
   )
   fields = [
     k
-    for k in _changed(_flatten(json.loads(config.to_json())), _flatten(saved_config))
+    for k in _changed(_flatten(json.loads(config.to_json())), _flatten(upgrade(saved_config)))
     if k.startswith(('model.', 'optim.'))
   ]
   raise UserError(
@@ -142,9 +172,9 @@ def check_shapes(now: dict, saved: dict | None, config, saved_config: dict, work
   )
 
 
-# Model fields that change no parameter and no result, only memory and time: evaluation
-# and sampling may set them on the command line whatever the run was trained with.
-MODEL_EXECUTION = ('loss_chunks', 'remat', 'attention_block', 'dropout')
+# Model fields that change no parameter and no evaluation: evaluation and sampling may set
+# them on the command line whatever the run was trained with (as any execution field).
+MODEL_EXECUTION = ('dropout',)
 
 
 def with_saved_model(config, saved: dict, overrides=None):
@@ -154,6 +184,7 @@ def with_saved_model(config, saved: dict, overrides=None):
   a model field given there must agree with the checkpoint unless it is one of
   MODEL_EXECUTION. Called from code (overrides None), the caller's data section stands."""
   given = set(overrides or ())
+  saved = upgrade(saved)
   model = saved.get('model', {})
   clash = [
     k

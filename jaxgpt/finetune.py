@@ -80,7 +80,8 @@ def with_base_model(config, base: Base):
   """config with the pretrained run's model fields (and the fine-tune's dropout)."""
   config = config.copy_and_resolve_references()
   config.unlock()
-  config.model.update(base.config['model'])
+  saved = faults.upgrade(base.config)['model']
+  config.model.update({k: v for k, v in saved.items() if k in config.model})
   config.model.dropout = config.finetune.dropout
   config.lock()
   return config
@@ -90,16 +91,16 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
   """The fine-tune's Run: its model, its loss and an optimizer that freezes what does not
   train. Its state holds every param; checkpoints hold the trainable ones."""
   fc = config.finetune
-  if fc.task not in ('classify', 'instruct'):
-    raise UserError(f'finetune.task={fc.task!r}: use classify or instruct')
-  if fc.task == 'instruct' and fc.trainable == 'head':
+  if config.train.kind not in ('classify', 'instruct'):
+    raise UserError(f'train.kind={config.train.kind!r}: a fine-tune is classify or instruct')
+  if config.train.kind == 'instruct' and fc.trainable == 'head':
     raise UserError(
       'finetune.trainable=head is for classification; an instruction fine-tune '
       'trains last_k, all or lora'
     )
-  cfg = model_lib.ModelConfig.from_config(config.model, vocab_size)
+  cfg = model_lib.ModelConfig.from_config(config, vocab_size)
   spec = lora.of_finetune(config.finetune)
-  if fc.task == 'classify':
+  if config.train.kind == 'classify':
     model = classifier.Classifier(cfg, num_classes)
     is_trainable = lora.predicate(fc.trainable, cfg, fc.last_k, prefix=('backbone',))
     task_loss, task_init = classifier.loss, classifier.init_fn(model)
@@ -132,7 +133,7 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
 
 def trainable_of(config, run: runstate.Run):
   """is_trainable(path) of the fine-tune's params."""
-  prefix = ('backbone',) if config.finetune.task == 'classify' else ()
+  prefix = ('backbone',) if config.train.kind == 'classify' else ()
   return lora.predicate(config.finetune.trainable, run.model.cfg, config.finetune.last_k, prefix)
 
 
@@ -144,7 +145,7 @@ def saved_view(state: runstate.TrainState, is_trainable) -> runstate.TrainState:
 def _base_params(config, base: Base, mesh):
   """The pretrained params alone (no optimizer moments), restored onto this mesh with the
   shardings the same rules give them here."""
-  cfg = model_lib.ModelConfig.from_config(config.model, base.tokenizer.vocab_size)
+  cfg = model_lib.ModelConfig.from_config(config, base.tokenizer.vocab_size)
   abstract = runstate.pretraining(config, cfg, mesh).abstract_state.params
   ckpt = checkpoint_lib.Checkpointer(base.workdir, async_save=False)
   params = ckpt.restore_params(base.step, abstract)
@@ -155,7 +156,7 @@ def _base_params(config, base: Base, mesh):
 def initial_params(config, run: runstate.Run, base: Base, seed: int):
   """Fresh heads and adapters, every other param the pretrained one (under run.context())."""
   pretrained = _base_params(config, base, run.mesh)
-  if config.finetune.task == 'classify':
+  if config.train.kind == 'classify':
     pretrained = {'backbone': pretrained}
   full = trees.merge(run.init_params(seed), pretrained)
   return jax.tree.map(jax.device_put, full, run.state_shardings.params)
@@ -164,7 +165,7 @@ def initial_params(config, run: runstate.Run, base: Base, seed: int):
 def prepare(config, workdir, base: Base):
   """Encoded splits (and, for classification, the label names, saved to labels.json)."""
   fc, seq_len, tok = config.finetune, config.model.seq_len, base.tokenizer
-  if fc.task == 'classify':
+  if config.train.kind == 'classify':
     splits = fdata.split_records(fc, fc.text_field)
     labels = fdata.label_names(splits['train'], fc.label_field)
     if len(labels) < 2:
@@ -213,7 +214,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
   fc, tc = config.finetune, config.train
-  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoints)
+  lc = config.loop
+  ckpt = checkpoint_lib.Checkpointer(workdir, lc.keep_checkpoints, lc.async_checkpoints)
   latest = None
   if ckpt.latest_step() is not None:  # the config is checked before the data is touched
     latest, saved = ckpt.newest_intact(
@@ -232,7 +234,7 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
   saved_abstract = saved_view(run.abstract_state, is_trainable)
   log.info(
     'fine-tuning %s: %s trainable of %s params (%s)',
-    fc.task,
+    config.train.kind,
     f'{trees.count(saved_abstract.params):,}',
     f'{trees.count(run.abstract_state.params):,}',
     fc.trainable,
@@ -243,7 +245,7 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
     )
     if latest >= tc.steps:
       log.info('the run in %s is complete (step %d of %d)', workdir, latest, tc.steps)
-  source = fdata.ArraySource(arrays['train'], f'{fc.task}-train')
+  source = fdata.ArraySource(arrays['train'], f'{config.train.kind}-train')
   data_iter = iter(
     loader.batch_loader(source, tc.batch_size, tc.seed, jax.process_index(), jax.process_count())
   )
@@ -256,7 +258,7 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
       log.info('resuming from step %d', latest)
     writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0, start_step=latest or 0)
     evaluate_cls = (
-      finetune_eval.ClassifyEval if fc.task == 'classify' else finetune_eval.InstructEval
+      finetune_eval.ClassifyEval if config.train.kind == 'classify' else finetune_eval.InstructEval
     )
     evaluator = evaluate_cls(config, run, base, arrays, labels)
     run_eval = lambda params, step: evaluator.during_training(params, step, writer)
@@ -274,7 +276,7 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
       ckpt.wait()
       ckpt.close()
       writer.close()
-    if int(state.step) < tc.steps:  # train.run_steps ended this invocation early
+    if int(state.step) < tc.steps:  # loop.run_steps ended this invocation early
       return {'step': int(state.step)}
     if jax.process_index() == 0:
       metrics_lib.plot_losses(
@@ -284,8 +286,7 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
 
 
 def _restore_finetuned(config, workdir: str, base: Base, labels=None):
-  """(Run, every param of the latest checkpoint of the fine-tune in workdir, its step); the
-  caller enters run.context()."""
+  """(Run, every param of the latest checkpoint of the fine-tune in workdir, its step)."""
   mesh = sharding.make_mesh(config.mesh)
   runstate.check_config(config, mesh)
   run = build_run(config, mesh, base.tokenizer.vocab_size, len(labels or ()))
@@ -305,7 +306,7 @@ def predict(config, workdir: str, input_file: str) -> list[dict]:
   """Labels each text of input_file (.txt lines, or CSV/TSV/JSONL/JSON with the text
   field); also written to WORKDIR/predictions.jsonl."""
   fc = config.finetune
-  if fc.task != 'classify':
+  if config.train.kind != 'classify':
     raise UserError('--mode=predict labels texts with a classification fine-tune')
   labels_path = os.path.join(workdir, 'labels.json')
   if not os.path.isfile(labels_path):
@@ -341,7 +342,7 @@ def export(config, workdir: str) -> str:
   """Writes the instruction-tuned model, adapters merged into its kernels, as a plain
   pretraining checkpoint in WORKDIR/merged (for --mode=sample/eval with the base config)."""
   fc = config.finetune
-  if fc.task != 'instruct':
+  if config.train.kind != 'instruct':
     raise UserError(
       '--mode=export writes a plain language model: it is for instruction '
       "fine-tunes (a classifier's head has no place in one)"

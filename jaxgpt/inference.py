@@ -42,7 +42,7 @@ def _restore(config, workdir: str, step: int | None, devices, overrides):
     cfg = faults.with_saved_model(config, saved, overrides)
     mesh = sharding.make_mesh(cfg.mesh, devices)
     runstate.check_config(cfg, mesh)
-    model_cfg = model_lib.ModelConfig.from_config(cfg.model, tokenizer.vocab_size)
+    model_cfg = model_lib.ModelConfig.from_config(cfg, tokenizer.vocab_size)
     generate_lib.Sampling.from_config(cfg.eval, tokenizer.vocab_size)
     run = runstate.pretraining(cfg, model_cfg, mesh)
     return cfg, run, ckpt.restore_params(st, run.abstract_state.params), tokenizer

@@ -97,7 +97,7 @@ def predicate(trainable: str, cfg: model_lib.ModelConfig, last_k: int = 1, prefi
   if trainable == 'last_k':
     if cfg.scan_layers:
       raise UserError(
-        'finetune.trainable=last_k needs model.scan_layers=False: scanned '
+        'finetune.trainable=last_k needs execution.scan_layers=False: scanned '
         'layers are stacked in one array per param'
       )
     if not 1 <= last_k <= cfg.num_layers:

@@ -3,7 +3,7 @@ smoothing (config.train).
 
 `next_token_loss` is what pretraining and instruction tuning minimise and evaluation
 reports; `cross_entropy_sum` is the formula, whole logits at once. With
-model.loss_chunks > 1 the same loss runs chunked (chunked_loss.py), for vocabularies whose
+execution.loss_chunks > 1 the same loss runs chunked (chunked_loss.py), for vocabularies whose
 (B, L, V) logits are the largest arrays of the step.
 """
 

@@ -49,8 +49,10 @@ class ModelConfig:
     return self.d_model // self.num_heads
 
   @classmethod
-  def from_config(cls, m, tokenizer_vocab: int = 0) -> 'ModelConfig':
-    """Builds the model's config from config.model, checking what the user can get wrong."""
+  def from_config(cls, config, tokenizer_vocab: int = 0) -> 'ModelConfig':
+    """The model's config from config.model (the architecture) and config.execution (how a
+    step computes it), checking what the user can get wrong."""
+    m, x = config.model, config.execution
     for key in ('num_layers', 'num_heads', 'd_model', 'seq_len'):
       if m[key] <= 0:
         raise UserError(f'model.{key}={m[key]} must be a positive integer')
@@ -75,18 +77,18 @@ class ModelConfig:
         f'{m.d_model}; pick heads that divide the width (e.g. '
         f'{_divisor_near(m.d_model, m.num_heads)})'
       )
-    if m.remat != 'none' and m.remat not in REMAT_POLICIES:
-      raise UserError(f'model.remat={m.remat!r}: use one of none, {", ".join(REMAT_POLICIES)}')
+    if x.remat != 'none' and x.remat not in REMAT_POLICIES:
+      raise UserError(f'execution.remat={x.remat!r}: use one of none, {", ".join(REMAT_POLICIES)}')
     if m.dtype not in ('float32', 'bfloat16', 'float16'):
       raise UserError(f'model.dtype={m.dtype!r}: use float32, bfloat16 or float16')
-    if m.attention_block and m.seq_len % m.attention_block:
+    if x.attention_block and m.seq_len % x.attention_block:
       raise UserError(
-        f'model.attention_block={m.attention_block} does not divide '
+        f'execution.attention_block={x.attention_block} does not divide '
         f'model.seq_len={m.seq_len}; use a divisor or 0'
       )
-    if not 1 <= m.loss_chunks <= m.seq_len:
+    if not 1 <= x.loss_chunks <= m.seq_len:
       raise UserError(
-        f'model.loss_chunks={m.loss_chunks}: use 1 to model.seq_len='
+        f'execution.loss_chunks={x.loss_chunks}: use 1 to model.seq_len='
         f'{m.seq_len} chunks (1: all positions at once)'
       )
     return cls(
@@ -100,10 +102,10 @@ class ModelConfig:
       use_bias=m.use_bias,
       tie_embeddings=m.tie_embeddings,
       dtype=m.dtype,
-      scan_layers=m.scan_layers,
-      remat=m.remat,
-      attention_block=m.attention_block,
-      loss_chunks=m.loss_chunks,
+      scan_layers=x.scan_layers,
+      remat=x.remat,
+      attention_block=x.attention_block,
+      loss_chunks=x.loss_chunks,
       init_std=m.init_std,
     )
 

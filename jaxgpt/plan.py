@@ -143,7 +143,7 @@ def plan(config, topology: str, device_memory_gb: float = 0.0, build_run=None) -
   mesh = sharding.make_mesh(config.mesh, devices)
   runstate.check_config(config, mesh)
   if build_run is None:
-    model_cfg = model_lib.ModelConfig.from_config(config.model, config.data.tokenizer.vocab_size)
+    model_cfg = model_lib.ModelConfig.from_config(config, config.data.tokenizer.vocab_size)
     run = runstate.pretraining(config, model_cfg, mesh)
   else:
     run = build_run(config, mesh)

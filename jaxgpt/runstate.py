@@ -31,6 +31,8 @@ from jaxgpt import trees
 from jaxgpt.data import loader
 from jaxgpt.errors import UserError
 
+RUN_KINDS = ('pretrain', 'classify', 'instruct')
+
 
 @struct.dataclass
 class TrainState:
@@ -150,26 +152,34 @@ def pretraining(config, model_cfg: model_lib.ModelConfig, mesh) -> Run:
 
 def check_config(config, mesh):
   """Everything about the config that can be checked before data or compilation."""
-  model_lib.ModelConfig.from_config(config.model, tokenizer_vocab=1)
+  model_lib.ModelConfig.from_config(config, tokenizer_vocab=1)
   generate_lib.Sampling.from_config(config.eval)
   tc = config.train
-  for key in (
-    'batch_size',
-    'steps',
-    'log_every',
-    'eval_every',
-    'checkpoint_every',
-    'micro_batches',
-    'keep_checkpoints',
-  ):
-    if tc[key] <= 0:
-      raise UserError(f'train.{key}={tc[key]} must be a positive integer')
+  if tc.kind not in RUN_KINDS:
+    raise UserError(f'train.kind={tc.kind!r}: use one of {", ".join(RUN_KINDS)}')
+  if (tc.kind == 'pretrain') == ('finetune' in config):
+    raise UserError(
+      f'train.kind={tc.kind!r} '
+      + (
+        'needs a finetune section: start from experiments/finetune_*.py'
+        if tc.kind != 'pretrain'
+        else 'with a finetune section: set train.kind to classify or instruct'
+      )
+    )
+  fields = (
+    [('train', k) for k in ('batch_size', 'steps')]
+    + [('loop', k) for k in ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints')]
+    + [('execution', 'micro_batches')]
+  )
+  for section, key in fields:
+    if config[section][key] <= 0:
+      raise UserError(f'{section}.{key}={config[section][key]} must be a positive integer')
   for key, zero in (('run_steps', 'all steps'), ('eval_batches', 'the whole split')):
-    if tc[key] < 0:
-      raise UserError(f'train.{key}={tc[key]} must be 0 ({zero}) or positive')
+    if config.loop[key] < 0:
+      raise UserError(f'loop.{key}={config.loop[key]} must be 0 ({zero}) or positive')
   if tc.z_loss < 0:
     raise UserError(f'train.z_loss={tc.z_loss} must be >= 0 (0: off; PaLM used 1e-4)')
   if not 0 <= tc.label_smoothing < 1:
     raise UserError(f'train.label_smoothing={tc.label_smoothing} must be in [0, 1) (0: off)')
-  sharding.check_batch(tc.batch_size, tc.micro_batches, mesh)
+  sharding.check_batch(tc.batch_size, config.execution.micro_batches, mesh)
   loader.check_batch(tc.batch_size, jax.process_count())

@@ -68,7 +68,7 @@ def check_batch(global_batch: int, micro_batches: int, mesh: Mesh):
   if micro_batches < 1 or global_batch % micro_batches:
     raise UserError(
       f'train.batch_size={global_batch} does not split into '
-      f'train.micro_batches={micro_batches}; use a divisor of the batch'
+      f'execution.micro_batches={micro_batches}; use a divisor of the batch'
     )
   if (global_batch // micro_batches) % dp:
     raise UserError(

@@ -70,7 +70,9 @@ def make_train_step(loss_fn, tx, lr, micro_batches: int, seed: int, skip_nonfini
 def jit_train_step(run: Run, config):
   """step(state, batch) -> (state, metrics), jitted with explicit shardings, state donated."""
   tc = config.train
-  step = make_train_step(run.loss_fn, run.tx, run.lr, tc.micro_batches, tc.seed, tc.skip_nonfinite)
+  step = make_train_step(
+    run.loss_fn, run.tx, run.lr, config.execution.micro_batches, tc.seed, config.loop.skip_nonfinite
+  )
   # Metrics come back replicated, so every process can read them without a gather.
   return jax.jit(
     step,

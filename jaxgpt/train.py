@@ -38,7 +38,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   tc = config.train
-  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoints)
+  lc = config.loop
+  ckpt = checkpoint_lib.Checkpointer(workdir, lc.keep_checkpoints, lc.async_checkpoints)
   latest = tokenizer = None
   if ckpt.latest_step() is not None:
     # The newest step whose config and tokenizer read; the config is checked before the
@@ -51,7 +52,7 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
     faults.check_resumable(config, saved, workdir)
   prepared = pipeline.prepare_shared(config.data, workdir, tokenizer)
   log.info('token store: %s tokens', prepared.manifest['tokens'])
-  model_cfg = model_lib.ModelConfig.from_config(config.model, prepared.tokenizer.vocab_size)
+  model_cfg = model_lib.ModelConfig.from_config(config, prepared.tokenizer.vocab_size)
   loader.check_validation(prepared, model_cfg.seq_len)
   run = runstate.pretraining(config, model_cfg, mesh)
   if latest is not None:
@@ -106,22 +107,22 @@ def _train(config, workdir, run: Run, ckpt, latest, prepared, model_cfg) -> dict
 
 
 def train_loop(config, run: Run, state, data_iter, writer, run_eval, save, resumed=None):
-  """Steps from state.step to train.steps (or run_steps more); logs, evaluates, saves.
+  """Steps from state.step to train.steps (or loop.run_steps more); logs, evaluates, saves.
 
   The host runs at most one step ahead of the devices: it waits for the previous step's
   finite flag before it goes on, so a non-finite loss stops the run the step after, and a
   stop signal within a step. `resumed` is the checkpoint step the state came from (None for
   a fresh run, which has none to fall back to).
   """
-  tc, model_cfg = config.train, run.model.cfg
+  tc, lc, model_cfg = config.train, config.loop, run.model.cfg
   tokens_per_step = tc.batch_size * model_cfg.seq_len
-  peak = tc.peak_flops or metrics_lib.measure_peak_flops()
+  peak = lc.peak_flops or metrics_lib.measure_peak_flops()
   step = int(state.step)
   last_saved = resumed
   progress = metrics_lib.Progress(
     step, tc.steps, tokens_per_step, run.flops_per_token * tokens_per_step, peak * run.mesh.size
   )
-  end = min(tc.steps, step + tc.run_steps) if tc.run_steps else tc.steps
+  end = min(tc.steps, step + lc.run_steps) if lc.run_steps else tc.steps
   result, loss_sum, first_step = None, None, step + 1
   skipped, previous_finite = jnp.int32(0), None
   with faults.StopRequest() as stop:
@@ -131,7 +132,7 @@ def train_loop(config, run: Run, state, data_iter, writer, run_eval, save, resum
       step += 1
       finite = step_metrics.pop('finite')
       if previous_finite is not None and not bool(previous_finite):
-        faults.stop_non_finite(step - 1, last_saved, tc.skip_nonfinite)
+        faults.stop_non_finite(step - 1, last_saved, lc.skip_nonfinite)
       skipped = skipped + ~finite
       previous_finite = finite
       # Summed on device, so logging the window's mean loss costs no host sync per step.
@@ -139,24 +140,24 @@ def train_loop(config, run: Run, state, data_iter, writer, run_eval, save, resum
       if step == first_step:  # leave compilation out of the throughput figures
         jax.block_until_ready(step_metrics)
         progress.restart(step)
-      stopping = stop.requested(step, tc.log_every)
+      stopping = stop.requested(step, lc.log_every)
       boundary = (
-        step % tc.eval_every == 0 or step % tc.checkpoint_every == 0 or step == end or stopping
+        step % lc.eval_every == 0 or step % lc.checkpoint_every == 0 or step == end or stopping
       )
       if boundary and not bool(finite):  # nothing non-finite is evaluated or saved
-        faults.stop_non_finite(step, last_saved, tc.skip_nonfinite)
-      if step % tc.log_every == 0 or step == end or stopping:
+        faults.stop_non_finite(step, last_saved, lc.skip_nonfinite)
+      if step % lc.log_every == 0 or step == end or stopping:
         mean_loss = loss_sum / (step - progress.window_start)
         values = progress.report(step, jax.device_get({**step_metrics, 'loss': mean_loss}))
         loss_sum = None
-        if tc.skip_nonfinite:
+        if lc.skip_nonfinite:
           values['skipped'] = int(skipped)
         writer.write(step, 'train', values)
         log.info(metrics_lib.log_line(step, tc.steps, values))
-      if step % tc.eval_every == 0 or step == tc.steps:
+      if step % lc.eval_every == 0 or step == tc.steps:
         result = run_eval(state.params, step)
         progress.restart(step)
-      if step % tc.checkpoint_every == 0 or step == end or stopping:
+      if step % lc.checkpoint_every == 0 or step == end or stopping:
         save(step, state)
         last_saved = step
         progress.restart(step)

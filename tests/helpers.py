@@ -30,8 +30,9 @@ def write_corpus(directory, n_docs=40, seed=0):
   return directory
 
 
-def tiny_config(corpus_dir, **train):
-  """The default experiment shrunk to seconds on CPU; `train` overrides config.train."""
+def tiny_config(corpus_dir, **fields):
+  """The default experiment shrunk to seconds on CPU; `fields` override config.train,
+  config.loop or config.execution, whichever has the field."""
   c = default.get_config()
   c.data.source = 'files'
   c.data.paths = (str(corpus_dir),)
@@ -43,19 +44,20 @@ def tiny_config(corpus_dir, **train):
   c.model.num_heads = 4
   c.model.d_model = 32
   c.model.seq_len = 32
-  c.model.attention_block = 0
+  c.execution.attention_block = 0
   c.train.batch_size = 8
   c.train.steps = 6
-  c.train.log_every = 1
-  c.train.eval_every = 1000
-  c.train.eval_batches = 2
-  c.train.checkpoint_every = 1000
-  c.train.peak_flops = 1e9  # skip the start-up matmul measurement
+  c.loop.log_every = 1
+  c.loop.eval_every = 1000
+  c.loop.eval_batches = 2
+  c.loop.checkpoint_every = 1000
+  c.loop.peak_flops = 1e9  # skip the start-up matmul measurement
   c.optim.warmup_steps = 2
   c.eval.num_samples = 1
   c.eval.sample_tokens = 4
-  for k, v in train.items():
-    c.train[k] = v
+  for k, v in fields.items():
+    section = next(s for s in ('train', 'loop', 'execution') if k in c[s])
+    c[section][k] = v
   return c
 
 

@@ -72,7 +72,7 @@ def test_bad_records_stop_naming_file_and_line_or_are_counted(tmp_path):
     _read([path])
   assert str(e.value).startswith(f'{path}:2: not valid JSON (Expecting value); fix or remove')
   assert str(e.value).endswith(
-    'or set --config.data.skip_bad_records=True to skip and count such records'
+    'or set --config.data.prep.skip_bad_records=True to skip and count such records'
   )
   bad = corpus.BadRecords(skip=True)
   assert _read([path], bad) == ['ok', 'fine']

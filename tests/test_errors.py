@@ -52,8 +52,10 @@ def test_non_utf8_file_errors_or_is_skipped_and_counted(corpus_dir, tmp_path):
   (bad_dir / 'latin1.txt').write_bytes('caf\xe9 au lait\n'.encode('latin-1') * 10)
   c = tiny_config(corpus_dir)
   c.data.paths = (str(corpus_dir), str(bad_dir))
-  _fails(c, tmp_path / 'a', r'latin1.txt:1: not UTF-8 .*set --config.data.skip_bad_records=True')
-  c.data.skip_bad_records = True
+  _fails(
+    c, tmp_path / 'a', r'latin1.txt:1: not UTF-8 .*set --config.data.prep.skip_bad_records=True'
+  )
+  c.data.prep.skip_bad_records = True
   from jaxgpt.data import pipeline
 
   prepared = pipeline.prepare(c.data, str(tmp_path / 'b'))
@@ -97,8 +99,8 @@ def test_heads_that_do_not_divide_width(corpus_dir, tmp_path):
 @pytest.mark.parametrize('chunks', [0, 33])
 def test_loss_chunks_out_of_range(corpus_dir, tmp_path, chunks):
   c = tiny_config(corpus_dir)
-  c.model.loss_chunks = chunks
-  _fails(c, tmp_path, rf'model.loss_chunks={chunks}: use 1 to model.seq_len=32 chunks')
+  c.execution.loss_chunks = chunks
+  _fails(c, tmp_path, rf'execution.loss_chunks={chunks}: use 1 to model.seq_len=32 chunks')
 
 
 def _run(*args):
@@ -124,8 +126,9 @@ def test_unknown_config_key(tmp_path):
   'flag, message',
   [
     (
-      '--config.data.skip_bad_records=maybe',
-      "error: flag --config.data.skip_bad_records=maybe: ('Non-boolean argument to boolean flag'",
+      '--config.data.prep.skip_bad_records=maybe',
+      'error: flag --config.data.prep.skip_bad_records=maybe: '
+      "('Non-boolean argument to boolean flag'",
     ),
     (
       '--config.data.val_fraction=abc',

@@ -51,7 +51,7 @@ def _run_py(corpus_dir, workdir, devices, *flags):
       f'--config=tests/tiny_experiment.py:{corpus_dir}',
       f'--workdir={workdir}',
       '--config.train.steps=4',
-      '--config.train.eval_batches=0',
+      '--config.loop.eval_batches=0',
       '--config.mesh.shape.data=-1',
       *flags,
     ],

@@ -65,14 +65,18 @@ def test_resuming_under_another_config_is_refused(corpus_dir, tmp_path):
     'holds a run with a different config (model.dropout: 0.0 -> 0.1; optim.lr: 0.002 '
     '-> 0.005)' in str(err.value)
   )
-  assert '--config.train.allow_config_change=True' in str(err.value)
-  changed.train.allow_config_change = True
+  assert '--config.loop.allow_config_change=True' in str(err.value)
+  changed.loop.allow_config_change = True
   assert train.train_and_evaluate(changed, str(tmp_path))['step'] == 4
 
 
 def _with_other_memory_knobs(config):
-  config.model.loss_chunks, config.model.remat, config.model.attention_block = 4, 'full', 4
-  config.train.micro_batches = 2  # 4 rows each, so on a mesh with 4-way data parallelism
+  config.execution.loss_chunks, config.execution.remat, config.execution.attention_block = (
+    4,
+    'full',
+    4,
+  )
+  config.execution.micro_batches = 2  # 4 rows each, so on a mesh with 4-way data parallelism
   config.mesh.shape.data, config.mesh.shape.tensor = 4, 2
   return config
 
@@ -96,8 +100,8 @@ def _run(corpus_dir, workdir, *flags):
     f'--config=tests/tiny_experiment.py:{corpus_dir}',
     f'--workdir={workdir}',
     '--config.train.steps=400',
-    '--config.train.log_every=1',
-    '--config.train.checkpoint_every=1000',
+    '--config.loop.log_every=1',
+    '--config.loop.checkpoint_every=1000',
     *flags,
   ]
 
@@ -123,7 +127,7 @@ def test_signal_saves_and_exits_cleanly_then_resumes_exactly(corpus_dir, tmp_pat
   assert os.path.isdir(tmp_path / 'stopped' / 'checkpoints' / str(stopped_at))
 
   subprocess.run(
-    _run(corpus_dir, tmp_path / 'stopped', '--config.train.run_steps=2'),
+    _run(corpus_dir, tmp_path / 'stopped', '--config.loop.run_steps=2'),
     cwd=ROOT,
     env=env,
     check=True,
@@ -131,7 +135,7 @@ def test_signal_saves_and_exits_cleanly_then_resumes_exactly(corpus_dir, tmp_pat
     timeout=300,
   )
   subprocess.run(
-    _run(corpus_dir, tmp_path / 'straight', f'--config.train.run_steps={stopped_at + 2}'),
+    _run(corpus_dir, tmp_path / 'straight', f'--config.loop.run_steps={stopped_at + 2}'),
     cwd=ROOT,
     env=env,
     check=True,
@@ -149,7 +153,7 @@ def test_sigkill_at_any_moment_resumes_from_a_complete_checkpoint(corpus_dir, tm
   likely to land during one): each restart resumes from the last complete checkpoint, and
   the finished run's losses equal an uninterrupted run's."""
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '1'}
-  flags = ['--config.train.steps=24', '--config.train.checkpoint_every=1']
+  flags = ['--config.train.steps=24', '--config.loop.checkpoint_every=1']
   workdir = tmp_path / 'killed'
   for kill_after in (3, 7, 12):  # training-progress lines seen before the kill
     proc = subprocess.Popen(

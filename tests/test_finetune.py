@@ -29,10 +29,10 @@ def _config(task, base_run, train_path, steps, **finetune_fields):
   c = finetune_configs.get_config(task)
   c.train.batch_size = 16 if task == 'classify' else 8
   c.train.steps = steps
-  c.train.log_every = 5
-  c.train.eval_every = 1000
-  c.train.checkpoint_every = 1000
-  c.train.peak_flops = 1e9
+  c.loop.log_every = 5
+  c.loop.eval_every = 1000
+  c.loop.checkpoint_every = 1000
+  c.loop.peak_flops = 1e9
   c.optim.lr = 3e-3
   c.finetune.base_workdir = base_run
   c.finetune.train_path = train_path
@@ -74,7 +74,7 @@ def test_fine_tunes_agree_across_meshes_and_resume_exactly(base_run, tmp_path):
 
   def run(workdir, mesh, **train_fields):
     c = _config('classify', base_run, data, 8, trainable='all', dropout=0.0)
-    c.train.log_every = 1
+    c.loop.log_every = 1
     c.mesh.shape.data, c.mesh.shape.fsdp, c.mesh.shape.tensor = mesh
     c.train.update(train_fields)
     return finetune.train_and_evaluate(c, str(tmp_path / workdir))
@@ -117,7 +117,7 @@ def test_instruction_lora_run_writes_responses_and_exports_a_merged_model(base_r
   tokens = np.asarray(base.tokenizer.encode('join with a dash: alpha beta\n')[:16])[None]
   with lora.adapters(lora.of_finetune(tuned.finetune)):
     adapted = s.model.apply({'params': params}, tokens)
-  plain_cfg = model_lib.ModelConfig.from_config(tuned.model, base.tokenizer.vocab_size)
+  plain_cfg = model_lib.ModelConfig.from_config(tuned, base.tokenizer.vocab_size)
   plain = runstate.pretraining(tuned, plain_cfg, s.mesh)
   ckpt = checkpoint_lib.Checkpointer(merged_dir, async_save=False)
   merged = ckpt.restore_params(ckpt.latest_step(), plain.abstract_state.params)
@@ -141,7 +141,7 @@ def test_run_py_trains_and_predicts_a_classifier(base_run, tmp_path):
     f'--config.finetune.base_workdir={base_run}',
     f'--config.finetune.train_path={data}',
     '--config.train.steps=60',
-    '--config.train.peak_flops=1e9',
+    '--config.loop.peak_flops=1e9',
     '--config.optim.lr=0.003',
   ]
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '2'}

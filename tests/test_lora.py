@@ -106,6 +106,7 @@ def test_only_trainable_params_get_gradients_and_optimizer_state(corpus_dir):
   config = tiny_config(corpus_dir)
   config.unlock()
   config.finetune = finetune_config.finetune_config('instruct')
+  config.train.kind = 'instruct'
   config.finetune.lora.rank = 2
   mesh = sharding.make_mesh(config.mesh)
   run = finetune.build_run(config, mesh, 64)

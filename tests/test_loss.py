@@ -73,11 +73,11 @@ def test_bfloat16_products_stay_close():
 
 def _setup(corpus_dir, chunks):
   c = tiny_config(corpus_dir)
-  c.model.seq_len, c.model.loss_chunks = 64, chunks
+  c.model.seq_len, c.execution.loss_chunks = 64, chunks
   c.train.batch_size = 8
   c.mesh.shape.data = 1
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
-  return c, runstate.pretraining(c, model_lib.ModelConfig.from_config(c.model, 8192), mesh)
+  return c, runstate.pretraining(c, model_lib.ModelConfig.from_config(c, 8192), mesh)
 
 
 def _eval_step(s):

@@ -51,7 +51,7 @@ def test_param_count_matches_closed_form(overrides):
 
 
 def test_default_experiment_param_count():
-  cfg = model_lib.ModelConfig.from_config(default.get_config().model, tokenizer_vocab=8000)
+  cfg = model_lib.ModelConfig.from_config(default.get_config(), tokenizer_vocab=8000)
   assert cfg.vocab_size == 8064  # padded to a multiple of 128
   # 8064*256 + 128*256 + 4 * (2*512 + 4*256*256 + 4*256 + 2*256*1024 + 1024 + 256) + 512
   assert model_lib.param_count(cfg) == 5_256_704
@@ -125,4 +125,4 @@ def test_heads_must_divide_width():
   c = default.get_config()
   c.model.num_heads = 5
   with pytest.raises(UserError, match=r'num_heads=5 does not divide model.d_model=256.*e\.g\. 4'):
-    model_lib.ModelConfig.from_config(c.model, 1000)
+    model_lib.ModelConfig.from_config(c, 1000)

@@ -25,7 +25,7 @@ def _command(corpus_dir, workdir, *extra):
     f'--config=tests/tiny_experiment.py:{corpus_dir}',
     f'--workdir={workdir}',
     '--config.train.steps=3',
-    '--config.train.checkpoint_every=2',
+    '--config.loop.checkpoint_every=2',
     '--config.mesh.shape.data=2',
     '--config.mesh.shape.fsdp=2',
     '--config.mesh.shape.tensor=2',

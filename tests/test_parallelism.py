@@ -20,7 +20,7 @@ def _compiled(corpus_dir, tensor=1, fsdp=1, seq_len=64):
   c.model.d_model, c.model.num_heads, c.model.seq_len = 64, 8, seq_len
   c.mesh.shape.data, c.mesh.shape.fsdp, c.mesh.shape.tensor = 1, fsdp, tensor
   mesh = sharding.make_mesh(c.mesh, jax.devices()[: tensor * fsdp])
-  s = runstate.pretraining(c, model_lib.ModelConfig.from_config(c.model, VOCAB), mesh)
+  s = runstate.pretraining(c, model_lib.ModelConfig.from_config(c, VOCAB), mesh)
   return plan.compile_train_step(c, s), s
 
 

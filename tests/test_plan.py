@@ -17,7 +17,7 @@ def _config(corpus_dir, **mesh):
   c = tiny_config(corpus_dir)
   c.model.d_model, c.model.num_heads, c.model.seq_len = 128, 8, 64
   c.data.tokenizer.vocab_size = 1000
-  c.model.loss_chunks = 8  # the opt-in chunked loss, whose loop the table names
+  c.execution.loss_chunks = 8  # the opt-in chunked loss, whose loop the table names
   for axis in ('data', 'fsdp', 'tensor'):
     c.mesh.shape[axis] = mesh.get(axis, 1)
   return c

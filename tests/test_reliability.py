@@ -133,7 +133,7 @@ def test_training_resumes_from_the_newest_intact_step_and_sets_the_damaged_one_a
   workdir, config = run_copy
   _damage(workdir, 4, 'truncated state')
   config = config.copy_and_resolve_references()
-  config.train.steps, config.train.allow_config_change = 6, True  # two steps more
+  config.train.steps, config.loop.allow_config_change = 6, True  # two steps more
   with caplog.at_level(logging.WARNING, logger='jaxgpt'):
     result = train.train_and_evaluate(config, str(workdir))
   assert result['step'] == 6
@@ -201,7 +201,7 @@ def test_the_readme_eval_command_on_a_run_trained_with_model_overrides(trained, 
 def test_a_shape_change_is_refused_before_restoring_even_when_changes_are_allowed(run_copy):
   workdir, config = run_copy
   wider = config.copy_and_resolve_references()
-  wider.train.steps, wider.train.allow_config_change = 6, True
+  wider.train.steps, wider.loop.allow_config_change = 6, True
   wider.model.d_model = 64
   with (
     no_compilation(),
@@ -320,7 +320,7 @@ def test_a_stop_signal_saves_the_step_it_arrived_in(corpus_dir, tmp_path):
   mesh = sharding.make_mesh(c.mesh)
   prepared = pipeline.prepare(c.data, str(tmp_path))
   s = runstate.pretraining(
-    c, model_lib.ModelConfig.from_config(c.model, prepared.tokenizer.vocab_size), mesh
+    c, model_lib.ModelConfig.from_config(c, prepared.tokenizer.vocab_size), mesh
   )
   batches = iter(loader.train_loader(prepared, c.model.seq_len, c.train.batch_size, 0))
 
@@ -377,7 +377,7 @@ def test_a_non_finite_loss_before_any_checkpoint_says_so_and_stops_at_once(corpu
 def test_a_validation_split_shorter_than_a_window_is_refused_before_training(corpus_dir, tmp_path):
   c = tiny_config(corpus_dir)
   c.model.seq_len = 4096
-  c.model.attention_block = 0
+  c.execution.attention_block = 0
   with (
     no_compilation(),
     pytest.raises(

@@ -46,7 +46,7 @@ def test_train_and_evaluate_writes_every_record(corpus_dir, tmp_path):
 )
 def test_presets_match_published_sizes(family, preset):
   experiment = {'gpt2': gpt2, 'gpt3': gpt3}[family]
-  cfg = model_lib.ModelConfig.from_config(experiment.get_config(preset).model)
+  cfg = model_lib.ModelConfig.from_config(experiment.get_config(preset))
   assert cfg.vocab_size == 50304 and cfg.seq_len == (1024 if family == 'gpt2' else 2048)
   assert abs(model_lib.param_count(cfg) / models.PUBLISHED[family][preset] - 1) < 0.02
 

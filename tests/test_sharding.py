@@ -28,7 +28,7 @@ def test_every_param_sharding_matches_the_rules(corpus_dir):
   config = tiny_config(corpus_dir)
   config.mesh = _mesh_cfg(2, 2, 2)
   mesh = sharding.make_mesh(config.mesh)
-  cfg = model_lib.ModelConfig.from_config(config.model, 300)
+  cfg = model_lib.ModelConfig.from_config(config, 300)
   s = runstate.pretraining(config, cfg, mesh)
   state = s.init_state(0)
   # The Megatron + ZeRO-3 layout the rules describe, written out by hand.
@@ -75,7 +75,7 @@ def test_batch_must_divide_data_parallel_size(corpus_dir):
   mesh = sharding.make_mesh(_mesh_cfg(2, 2, 2))
   with pytest.raises(UserError, match=r'batch_size=6 .* does not divide the data-parallel size 4'):
     sharding.check_batch(6, 1, mesh)
-  with pytest.raises(UserError, match='does not split into train.micro_batches=3'):
+  with pytest.raises(UserError, match='does not split into execution.micro_batches=3'):
     sharding.check_batch(8, 3, mesh)
   sharding.check_batch(8, 2, sharding.make_mesh(_mesh_cfg(2, 1, 4)))
 
@@ -84,6 +84,6 @@ def test_param_that_does_not_split_over_tensor_axis(corpus_dir):
   config = tiny_config(corpus_dir)
   config.mesh = _mesh_cfg(1, 1, 8)
   mesh = sharding.make_mesh(config.mesh)
-  cfg = model_lib.ModelConfig.from_config(config.model, 300)  # 4 heads over 8 devices
+  cfg = model_lib.ModelConfig.from_config(config, 300)  # 4 heads over 8 devices
   with pytest.raises(UserError, match=r"block_0/attn/.* has a dimension of 4 .*'tensor'"):
     runstate.pretraining(config, cfg, mesh)

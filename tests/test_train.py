@@ -20,7 +20,7 @@ def _losses(config, shape, steps=3, batches=None):
     config.mesh.shape[axis] = size
   n = int(np.prod(shape))
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:n])
-  cfg = model_lib.ModelConfig.from_config(config.model, 300)
+  cfg = model_lib.ModelConfig.from_config(config, 300)
   s = runstate.pretraining(config, cfg, mesh)
   state = s.init_state(config.train.seed)
   with s.context():

@@ -7,7 +7,7 @@ store can be fingerprinted (and reopened) without reading the corpus.
 
 Bad input is found here: a missing path stops the run before anything starts; a file that
 does not decompress, a line that is not UTF-8 or JSON, or a record without the text field
-stops the run naming `file:line`, or (`data.skip_bad_records`) is counted and named in the
+stops the run naming `file:line`, or (`data.prep.skip_bad_records`) is counted and named in the
 data card.
 """
 
@@ -235,7 +235,7 @@ class BadRecords:
   def found(self, where: str, reason: str, fix: str):
     if not self.skip:
       raise UserError(
-        f'{where}: {reason}; {fix}, or set --config.data.skip_bad_records=True '
+        f'{where}: {reason}; {fix}, or set --config.data.prep.skip_bad_records=True '
         'to skip and count such records'
       )
     kind = reason.split(' (')[0]  # without the detail: 'not valid JSON', 'not UTF-8', ...

@@ -160,7 +160,7 @@ def fingerprints(cfg, plan: Plan) -> tuple[str, str]:
       'dedup': cfg.dedup.to_dict(),
       'val_fraction': cfg.val_fraction,
       'max_docs': cfg.max_docs,
-      'skip_bad_records': cfg.skip_bad_records,
+      'skip_bad_records': cfg.prep.skip_bad_records,
     },
     sort_keys=True,
   )
@@ -202,7 +202,7 @@ def prepare(
   trained one. `for_eval` never writes the training store: a store that does not match goes
   to WORKDIR/eval_data instead.
   """
-  directories = [cfg.cache_dir or os.path.join(workdir, 'data')]
+  directories = [cfg.prep.cache_dir or os.path.join(workdir, 'data')]
   if for_eval:
     directories.append(os.path.join(workdir, 'eval_data'))
   try:

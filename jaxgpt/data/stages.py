@@ -163,7 +163,7 @@ def stages(
       units,
       by_name,
       cfg.clean,
-      cfg.skip_bad_records,
+      cfg.prep.skip_bad_records,
       cfg.max_docs,
       folder('curate', 'counts'),
       folder('curate', 'progress'),
