@@ -21,7 +21,7 @@ def model_config(layers, heads, width, seq_len, batch, vocab=8192, **model):
   c.data.tokenizer.vocab_size = vocab
   c.mesh.shape.data = 1
   for k, v in model.items():
-    c.model[k] = v
+    c['execution' if k in c.execution else 'model'][k] = v
   return c
 
 

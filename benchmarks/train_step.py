@@ -1,7 +1,7 @@
 """Train-step throughput and MFU on this machine, float32.
 
     python benchmarks/train_step.py [--repeats=10] [--json=benchmarks/train_step.json]
-        [--without_attention]
+        [--without_attention] [--chunked_loss]
 
 MFU counts 6N + 12 * layers * width * seq_len FLOPs per token (N: params less the
 position table) against the float32 matmul peak measured in the same run. This machine's
@@ -10,7 +10,8 @@ and right after each config's steps and the larger of the two is the denominator
 
 `--without_attention` adds a row for the medium model with attention swapped for an
 elementwise stand-in while its FLOPs are still counted: the most MFU that any attention
-kernel could give this step.
+kernel could give this step. `--chunked_loss` adds a row per config with the opt-in chunked
+loss (execution.loss_chunks=8) beside the default plain one.
 """
 
 import argparse
@@ -75,12 +76,17 @@ def main():
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--json', default=os.path.join(os.path.dirname(__file__), 'train_step.json'))
   parser.add_argument('--without_attention', action='store_true')
+  parser.add_argument('--chunked_loss', action='store_true')
   args = parser.parse_args()
   print(
     f'device: {jax.devices()[0].device_kind}; malloc huge pages: '
     f'{"on" if hugepages.active() else "off"}'
   )
-  rows = [measure(name, shape, args.repeats) for name, shape in CONFIGS.items()]
+  rows = []
+  for name, shape in CONFIGS.items():
+    rows.append(measure(name, shape, args.repeats))
+    if args.chunked_loss:
+      rows.append(measure(name + ', loss in 8 chunks', shape, args.repeats, loss_chunks=8))
   if args.without_attention:
     # model.py looks attention.causal up when it traces, so the swap reaches only the
     # steps compiled after it. v + q * k keeps gradients flowing to all three.

@@ -99,16 +99,18 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
       'trains last_k, all or lora'
     )
   cfg = model_lib.ModelConfig.from_config(config, vocab_size)
-  spec = lora.of_finetune(config.finetune)
+  spec = lora.of_finetune(fc)
+  is_trainable = _trainable(config, cfg)
   if config.train.kind == 'classify':
     model = classifier.Classifier(cfg, num_classes)
-    is_trainable = lora.predicate(fc.trainable, cfg, fc.last_k, prefix=('backbone',))
     task_loss, task_init = classifier.loss, classifier.init_fn(model)
     batch_shapes = functools.partial(classifier.batch_shapes, cfg.seq_len)
   else:
     model = model_lib.Transformer(cfg)
-    is_trainable = lora.predicate(fc.trainable, cfg, fc.last_k)
-    task_loss = lambda m, params, batch, rng: loss_lib.next_token_loss(m, params, batch, rng=rng)
+    tc = config.train
+    task_loss = lambda m, params, batch, rng: loss_lib.next_token_loss(
+      m, params, batch, rng=rng, z_loss=tc.z_loss, label_smoothing=tc.label_smoothing
+    )
     task_init, batch_shapes = runstate.init_fn(model), None
 
   def init_fn(rng):
@@ -133,8 +135,13 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
 
 def trainable_of(config, run: runstate.Run):
   """is_trainable(path) of the fine-tune's params."""
+  return _trainable(config, run.model.cfg)
+
+
+def _trainable(config, cfg: model_lib.ModelConfig):
+  fc = config.finetune
   prefix = ('backbone',) if config.train.kind == 'classify' else ()
-  return lora.predicate(config.finetune.trainable, run.model.cfg, config.finetune.last_k, prefix)
+  return lora.predicate(fc.trainable, cfg, fc.last_k, prefix)
 
 
 def saved_view(state: runstate.TrainState, is_trainable) -> runstate.TrainState:

@@ -43,6 +43,8 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
+  """What a run is made of (see the module's docstring); `build` makes one."""
+
   mesh: jax.sharding.Mesh
   rules: tuple
   model: nn.Module

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxgpt import checkpoint
+from jaxgpt import faults
 from jaxgpt import train
 from jaxgpt.errors import UserError
 from tests.helpers import tiny_config
@@ -188,3 +189,37 @@ def test_sigkill_at_any_moment_resumes_from_a_complete_checkpoint(corpus_dir, tm
   # metrics.jsonl may repeat steps that ran again after a kill; the last record of each
   # step must equal the uninterrupted run's.
   assert [killed[k] for k in range(1, 25)] == [straight[k] for k in range(1, 25)]
+
+
+def test_scanned_and_unrolled_layers_resume_each_other(corpus_dir, tmp_path):
+  """execution.scan_layers is an execution choice too: a run saved with unrolled layers
+  resumes scanned, and back, and is the run it would have been."""
+  whole = train.train_and_evaluate(tiny_config(corpus_dir, steps=6), str(tmp_path / 'whole'))
+  resumed_dir = str(tmp_path / 'resumed')
+  train.train_and_evaluate(tiny_config(corpus_dir, steps=6, run_steps=2), resumed_dir)
+  scanned = tiny_config(corpus_dir, steps=6, run_steps=2, scan_layers=True)
+  assert train.train_and_evaluate(scanned, resumed_dir)['step'] == 4
+  resumed = train.train_and_evaluate(tiny_config(corpus_dir, steps=6), resumed_dir)
+  assert resumed['step'] == 6
+  np.testing.assert_allclose(resumed['loss'], whole['loss'], rtol=1e-4)
+
+
+def test_a_config_saved_before_the_sections_moved_reads_in_the_new_layout(corpus_dir):
+  """Runs saved with model.remat, train.log_every, data.cache_dir and no train.kind (the
+  layout before issue 15) resume under today's config."""
+  config = tiny_config(corpus_dir)
+  old = json.loads(config.to_json())
+  for field in ('scan_layers', 'remat', 'attention_block', 'loss_chunks'):
+    old['model'][field] = old['execution'][field]
+  old['train']['micro_batches'] = old['execution'].pop('micro_batches')
+  old['train'].update(old.pop('loop'))
+  old['data']['cache_dir'] = old['data']['prep'].pop('cache_dir')
+  for field in ('kind', 'z_loss', 'label_smoothing'):
+    del old['train'][field]
+  del old['execution']
+  faults.check_resumable(config, old, 'WORKDIR')  # no refusal
+  old['model']['remat'] = 'full'  # an execution field: may change
+  faults.check_resumable(config, old, 'WORKDIR')
+  old['model']['d_model'] = 64  # the architecture: may not
+  with pytest.raises(UserError, match=r'model.d_model: 64 -> 32'):
+    faults.check_resumable(config, old, 'WORKDIR')

@@ -72,11 +72,11 @@ def test_lora_classifier_reaches_95_percent_and_reports_each_split(base_run, tmp
 def test_fine_tunes_agree_across_meshes_and_resume_exactly(base_run, tmp_path):
   data = write_classification_data(tmp_path / 'd.jsonl', n=120)
 
-  def run(workdir, mesh, **train_fields):
+  def run(workdir, mesh, **loop_fields):
     c = _config('classify', base_run, data, 8, trainable='all', dropout=0.0)
     c.loop.log_every = 1
     c.mesh.shape.data, c.mesh.shape.fsdp, c.mesh.shape.tensor = mesh
-    c.train.update(train_fields)
+    c.loop.update(loop_fields)
     return finetune.train_and_evaluate(c, str(tmp_path / workdir))
 
   run('dp', (8, 1, 1))

@@ -9,6 +9,7 @@ import pytest
 from jaxgpt.data.synthetic import random_batch
 from jaxgpt import evaluate
 from jaxgpt import chunked_loss
+from jaxgpt import loss
 from jaxgpt import model as model_lib
 from jaxgpt import plan
 from jaxgpt import sharding
@@ -119,3 +120,57 @@ def test_evaluation_takes_the_chunked_loss(corpus_dir):
     np.testing.assert_allclose(got['nll'], want, rtol=1e-5)
     assert float(got['tokens']) == float(got['bytes']) == 8 * 64
   assert temps[1] - temps[8] > LOGITS_BYTES, temps
+
+
+@pytest.mark.parametrize('z_loss, smoothing', [(1e-3, 0.0), (0.0, 0.1), (1e-2, 0.2)])
+def test_cross_entropy_with_z_loss_and_smoothing_is_the_textbook_formula(z_loss, smoothing):
+  h, table, targets, weights = _inputs(2)
+  logits_BxLxV = h @ table.T
+  labels_BxLxV = optax.smooth_labels(jax.nn.one_hot(targets, V), smoothing)
+  want_BxL = optax.softmax_cross_entropy(logits_BxLxV, labels_BxLxV) + z_loss * (
+    jax.nn.logsumexp(logits_BxLxV, axis=-1) ** 2
+  )
+  got = loss.cross_entropy_sum(logits_BxLxV, targets, weights, z_loss, smoothing)
+  np.testing.assert_allclose(got, (want_BxL * weights).sum(), rtol=1e-5)
+  plain = loss.cross_entropy_sum(logits_BxLxV, targets, weights)
+  assert (float(got) != float(plain)) == bool(z_loss or smoothing)  # the options do act
+
+
+@pytest.mark.parametrize('z_loss, smoothing', [(1e-3, 0.0), (0.0, 0.1), (1e-2, 0.2)])
+@pytest.mark.parametrize('chunks', [1, 5])
+def test_chunked_z_loss_and_smoothing_equal_the_plain_loss(z_loss, smoothing, chunks):
+  """The opt-in chunked loss makes the plain loss's value and gradients with its options."""
+  h, table, targets, weights = _inputs(3)
+  plain = lambda h, t: loss.cross_entropy_sum(h @ t.T, targets, weights, z_loss, smoothing)
+  want, (want_dh, want_dtable) = jax.value_and_grad(plain, (0, 1))(h, table)
+  chunked = lambda h, t: chunked_loss.nll_sum(
+    h, t, targets, weights, chunks, z_loss=z_loss, label_smoothing=smoothing
+  )
+  got, (dh, dtable) = jax.jit(jax.value_and_grad(chunked, (0, 1)))(h, table)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(dh, want_dh, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(dtable, want_dtable, rtol=1e-4, atol=1e-6)
+
+
+def test_the_models_loss_is_the_same_plain_or_chunked(corpus_dir):
+  """next_token_loss through the model: loss_chunks=1 (plain, the default) and 4 (chunked)
+  give the same value and the same gradient for every param, with z-loss and smoothing."""
+  results = []
+  for chunks in (1, 4):
+    c = tiny_config(corpus_dir)
+    c.execution.loss_chunks = chunks
+    model = model_lib.Transformer(model_lib.ModelConfig.from_config(c, 300))
+    params = runstate.init_fn(model)(jax.random.key(0))
+    params = jax.tree.map(
+      lambda x: x.unbox() if hasattr(x, 'unbox') else x,
+      params,
+      is_leaf=lambda x: hasattr(x, 'unbox'),
+    )
+    batch = random_batch(4, c.model.seq_len, 300)
+    fn = lambda p: loss.next_token_loss(model, p, batch, z_loss=1e-3, label_smoothing=0.1)[0]
+    results.append(jax.jit(jax.value_and_grad(fn))(params))
+  (plain, plain_grads), (chunked, chunked_grads) = results
+  np.testing.assert_allclose(chunked, plain, rtol=1e-5)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), chunked_grads, plain_grads
+  )

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from configs import finetune as finetune_config
+from jaxgpt import finetune
 from jaxgpt import plan
 from jaxgpt.errors import UserError
 from tests.helpers import tiny_config
@@ -111,3 +113,39 @@ def test_a_libtpu_of_another_version_is_refused_by_name(corpus_dir, monkeypatch)
     r'libtpu 0\.0\.42\.1 .*pip install libtpu==0\.0\.42\.1',
   ):
     plan.plan(_config(corpus_dir, fsdp=8), 'v5e-8')
+
+
+def test_a_fine_tune_plans_its_own_step(corpus_dir):
+  """--mode=plan on a fine-tune compiles the fine-tune's step: every param in the state,
+  moments only for the LoRA adapters and the head it trains."""
+  c = finetune_config.get_config('classify')
+  c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.seq_len = 2, 128, 8, 64
+  c.data.tokenizer.vocab_size = 1000
+  c.mesh.shape.data = 8
+  tuned = plan.plan(c, 'cpu:8', build_run=finetune.plan_run)['bytes_per_device']
+  pretraining = plan.plan(_config(corpus_dir, data=8), 'cpu:8')['bytes_per_device']
+  assert tuned['params'] > pretraining['params']  # the decoder's, its adapters and the head
+  assert tuned['optimizer'] < pretraining['optimizer'] / 10
+
+
+def test_run_py_plans_a_fine_tune(tmp_path):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      'run.py',
+      '--config=experiments/finetune_instruct.py',
+      f'--workdir={tmp_path}',
+      '--mode=plan',
+      '--topology=cpu:8',
+      '--config.model.num_layers=2',
+      '--config.model.d_model=64',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'temporaries / device' in proc.stdout
+  assert (tmp_path / 'plan-cpu8.json').exists()
