@@ -23,7 +23,7 @@ def corpus_dir(tmp_path_factory):
 # SLOW_SECONDS or more in the last recording (tests/durations.json) is `slow`, so that
 # `pytest -m "not slow"` stays quick. `pytest --record-durations` measures and rewrites it.
 DURATIONS = os.path.join(os.path.dirname(__file__), 'durations.json')
-SLOW_SECONDS = 3.0
+SLOW_SECONDS = 1.5
 _measured = {}
 
 
