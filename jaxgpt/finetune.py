@@ -161,7 +161,7 @@ def _base_params(config, base: Base, mesh):
 
 
 def initial_params(config, run: runstate.Run, base: Base, seed: int):
-  """Fresh heads and adapters, every other param the pretrained one (under run.context())."""
+  """Fresh heads and adapters, every other param the pretrained one."""
   pretrained = _base_params(config, base, run.mesh)
   if config.train.kind == 'classify':
     pretrained = {'backbone': pretrained}
@@ -302,8 +302,7 @@ def _restore_finetuned(config, workdir: str, base: Base, labels=None):
   if step is None:
     raise UserError(f'no fine-tuning checkpoint in {workdir}; train first (--mode=train)')
   saved_abstract = saved_view(run.abstract_state, trainable_of(config, run))
-  with run.context():
-    full = initial_params(config, run, base, config.train.seed)
+  full = initial_params(config, run, base, config.train.seed)
   trained = ckpt.restore_params(step, saved_abstract.params)
   ckpt.close()
   return run, trees.merge(full, trained), step

@@ -65,12 +65,12 @@ class Run:
     return stack
 
   def init_params(self, seed: int):
-    """Fresh params on their shardings (under run.context())."""
+    """Fresh params on their shardings."""
     init = lambda rng: trees.strip_boxes(self.init_fn(rng))
     return jax.jit(init, out_shardings=self.state_shardings.params)(jax.random.key(seed))
 
   def init_state(self, seed: int = 0, params=None) -> TrainState:
-    """Step 0 with fresh params (or `params`) and their optimizer state (under run.context())."""
+    """Step 0 with fresh params (or `params`) and their optimizer state."""
     params = self.init_params(seed) if params is None else params
     make = lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p))
     return jax.jit(make, out_shardings=self.state_shardings)(params)
