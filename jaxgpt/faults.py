@@ -12,7 +12,6 @@ import numpy as np
 
 from configs import base as base_config
 from jaxgpt import layout
-
 from jaxgpt.errors import UserError
 
 
