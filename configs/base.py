@@ -239,6 +239,9 @@ def eval_config() -> ml_collections.ConfigDict:
   # JSONL tasks that --mode=eval scores beside the loss (see jaxgpt/tasks.py for the layouts):
   # multiple choice (context, choices, label) or last-word cloze (text).
   e.tasks = ()
+  # Put between a multiple-choice context and a choice when neither has whitespace there
+  # (real HellaSwag, PIQA and ARC choices have none), as lm-eval's target_delimiter.
+  e.target_delimiter = ' '
   return e
 
 

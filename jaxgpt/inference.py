@@ -63,7 +63,8 @@ def evaluate_checkpoint(
 ) -> dict:
   """Loss, perplexity and bits per byte on the run's validation data, and the accuracy on
   each task in config.eval.tasks; also written to WORKDIR/eval-stepN.json."""
-  tasks = [tasks_lib.load(path) for path in config.eval.tasks]  # bad files fail first
+  # Bad files fail first.
+  tasks = [tasks_lib.load(path, config.eval.target_delimiter) for path in config.eval.tasks]
   workdir_lib.check_run_exists(workdir)
   workdir_lib.check_writable(workdir)
   config, run, params, tokenizer, step = _restore(config, workdir, step, devices, overrides)

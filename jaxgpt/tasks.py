@@ -5,10 +5,10 @@ the index of the right one. Field names are read as the common releases spell th
   context: "context", "ctx", "goal", "question" (ARC's {"stem": ...} too)
   choices: "choices", "endings", or "sol1", "sol2", ... (ARC's [{"text": ...}] too)
   label:   "label", "gold", "answer", "answerKey": an index, or a letter/number naming one
-A choice is scored by the summed log-probability of its tokens after the context (with a
-space between them when neither has one): `acc`
-picks the highest sum, `acc_norm` the highest sum per UTF-8 byte of the choice (which does
-not favour short choices).
+A choice is scored by the summed log-probability of its tokens after the context (joined by
+eval.target_delimiter, a space by default, when neither has whitespace there): `acc` picks
+the highest sum, `acc_norm` the highest sum per UTF-8 byte of the choice (which does not
+favour short choices).
 
 Cloze (the LAMBADA layout): each line has "text"; the target is its last word. The model
 gets it right when greedy decoding would produce every token of that word.
@@ -39,7 +39,7 @@ _CONTEXT_KEYS = ('context', 'ctx', 'goal', 'question')
 _LABEL_KEYS = ('label', 'gold', 'answer', 'answerKey')
 
 
-def _choice_example(record: dict, where: str) -> dict:
+def _choice_example(record: dict, where: str, delimiter: str = ' ') -> dict:
   context = next((record[k] for k in _CONTEXT_KEYS if k in record), None)
   if isinstance(context, dict):  # ARC: {"stem": ..., "choices": [...]}
     record = {**context, **record}
@@ -66,10 +66,11 @@ def _choice_example(record: dict, where: str) -> dict:
       "an index from 0, or the choice's letter or name"
     )
   # Releases differ on where the space between context and choice lives (HellaSwag's and
-  # ARC's choices have none); as lm-eval's target delimiter does, one is put in when
-  # neither side has it, so no choice is scored glued to the context's last word.
+  # ARC's choices have none); as lm-eval's target delimiter does, `delimiter` is put in when
+  # neither side has whitespace there, so no choice is scored glued to the context's last word.
   choices = [
-    c if not context or context[-1:].isspace() or c[:1].isspace() else ' ' + c for c in choices
+    c if not context or context[-1:].isspace() or c[:1].isspace() else delimiter + c
+    for c in choices
   ]
   return {'context': context, 'choices': choices, 'label': index}
 
@@ -94,13 +95,18 @@ def _cloze_example(record: dict, where: str) -> dict:
   return {'context': context, 'choices': [' ' + word], 'label': 0}
 
 
-def load(path: str) -> dict:
-  """{'name', 'kind', 'examples'}; the kind is cloze when lines have only "text"."""
+def load(path: str, delimiter: str = ' ') -> dict:
+  """{'name', 'kind', 'examples'}; the kind is cloze when lines have only "text". A
+  multiple-choice context and choice are joined with `delimiter` (eval.target_delimiter)
+  where neither has whitespace at the join."""
   examples, kind = [], None
   for record in records.read_records(path):
     fields = record.fields
     kind = kind or ('cloze' if set(fields) <= {'text', 'id', 'domain'} else 'choice')
-    examples.append((_cloze_example if kind == 'cloze' else _choice_example)(fields, record.where))
+    if kind == 'cloze':
+      examples.append(_cloze_example(fields, record.where))
+    else:
+      examples.append(_choice_example(fields, record.where, delimiter))
   if not examples:
     raise UserError(f'task file {path} has no examples')
   name = os.path.splitext(os.path.basename(path))[0]

@@ -251,3 +251,46 @@ def test_run_py_samples_prompts_from_flags_and_a_file(facts_run, tmp_path):
     'the capital of\nspain is',
   ]
   assert all(r['new_tokens'] == 7 and r['top_p'] == 0.5 and r['seed'] == 4 for r in records)
+
+
+REAL_LAYOUTS = [
+  # As the releases ship them: no choice starts with a space.
+  {
+    'ctx': 'A man is sitting on a roof. he',
+    'endings': ['is using wrap to wrap a pair of skis.', 'starts pulling up roofing.'],
+    'label': '1',
+  },
+  {
+    'goal': 'How do I ready a guinea pig cage?',
+    'sol1': 'Put bedding in it.',
+    'sol2': 'Burn it.',
+    'label': 0,
+  },
+  {
+    'question': {
+      'stem': 'Which factor will most likely cause a person to develop a fever?',
+      'choices': [
+        {'text': 'a leg muscle relaxing', 'label': 'A'},
+        {'text': 'a bacterial population in the bloodstream', 'label': 'B'},
+      ],
+    },
+    'answerKey': 'B',
+  },
+]
+
+
+@pytest.mark.parametrize('delimiter', [' ', '\n', ''])
+def test_real_layouts_join_context_and_choice_with_the_delimiter(tmp_path, delimiter):
+  for i, line in enumerate(REAL_LAYOUTS):
+    task = tasks.load(_write(tmp_path / f'{i}.jsonl', [line]), delimiter)
+    (example,) = task['examples']
+    assert example['label'] == (0 if i == 1 else 1)
+    assert all(
+      c.startswith(delimiter) and not c[len(delimiter) :].startswith(' ')
+      for c in example['choices']
+    )
+  # The default is lm-eval's: a space, so 'he' and 'is' do not run together as 'heis'.
+  (example,) = tasks.load(_write(tmp_path / 'hs.jsonl', REAL_LAYOUTS[:1]))['examples']
+  assert (example['context'] + example['choices'][0]).startswith(
+    'A man is sitting on a roof. he is'
+  )
