@@ -218,6 +218,9 @@ def loop_config() -> ml_collections.ConfigDict:
   r.keep_checkpoints = 3
   r.async_checkpoints = True
   r.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0: measure a matmul at start-up
+  # (first, last): a jax.profiler trace of those steps (from 1) in WORKDIR/tensorboard, for
+  # TensorBoard's profile plugin or XProf; () for none.
+  r.profile_steps = ()
   # A non-finite loss or gradient: False stops the run (the last good checkpoint stays the
   # latest); True skips that update, keeps the params, and counts it.
   r.skip_nonfinite = False

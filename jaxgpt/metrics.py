@@ -71,6 +71,39 @@ def write_jsonl(path: str, rows: list[dict]):
     log.info('wrote %d records to %s', len(rows), path)
 
 
+class StepProfiler:
+  """A jax.profiler trace of steps first..last (loop.profile_steps), written beside the
+  TensorBoard events (log_dir/plugins/profile), where TensorBoard's profile plugin and
+  XProf read it. Used as a context: a loop that ends early still closes the trace."""
+
+  def __init__(self, steps, log_dir: str):
+    self.first, self.last = tuple(steps) if steps else (0, -1)
+    self.log_dir, self.active = log_dir, False
+
+  def before(self, step: int):
+    """Called before step `step` (counted from 1) runs."""
+    if step == self.first:
+      jax.profiler.start_trace(self.log_dir)
+      self.active = True
+
+  def after(self, step: int, outputs):
+    """Called after step `step` was dispatched, with what it returned."""
+    if self.active and step == self.last:
+      jax.block_until_ready(outputs)  # the trace holds the steps' device work, not only dispatch
+      self.__exit__()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *_):
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      log.info(
+        'wrote a trace of steps %d-%d to %s/plugins/profile', self.first, self.last, self.log_dir
+      )
+
+
 class Writer:
   """Writes metrics from process 0 only; the other processes keep quiet.
 
@@ -80,7 +113,7 @@ class Writer:
   """
 
   def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
-    self.enabled = enabled
+    self.enabled, self.workdir = enabled, workdir
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
     if enabled:

@@ -179,6 +179,14 @@ def check_config(config, mesh):
   for key, zero in (('run_steps', 'all steps'), ('eval_batches', 'the whole split')):
     if config.loop[key] < 0:
       raise UserError(f'loop.{key}={config.loop[key]} must be 0 ({zero}) or positive')
+  profile = tuple(config.loop.profile_steps)
+  if profile and not (
+    len(profile) == 2 and all(isinstance(s, int) for s in profile) and 1 <= profile[0] <= profile[1]
+  ):
+    raise UserError(
+      f'loop.profile_steps={profile}: give (first, last) steps, 1 <= first <= last, or () '
+      'for no trace'
+    )
   if tc.z_loss < 0:
     raise UserError(f'train.z_loss={tc.z_loss} must be >= 0 (0: off; PaLM used 1e-4)')
   if not 0 <= tc.label_smoothing < 1:

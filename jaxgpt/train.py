@@ -125,11 +125,14 @@ def train_loop(config, run: Run, state, data_iter, writer, run_eval, save, resum
   end = min(tc.steps, step + lc.run_steps) if lc.run_steps else tc.steps
   result, loss_sum, first_step = None, None, step + 1
   skipped, previous_finite = jnp.int32(0), None
-  with faults.StopRequest() as stop:
+  profiler = metrics_lib.StepProfiler(lc.profile_steps, os.path.join(writer.workdir, 'tensorboard'))
+  with faults.StopRequest() as stop, profiler:
     train_step = step_lib.jit_train_step(run, config)
     while step < end:
+      profiler.before(step + 1)
       state, step_metrics = train_step(state, sharding.global_batch(next(data_iter), run.mesh))
       step += 1
+      profiler.after(step, step_metrics)
       finite = step_metrics.pop('finite')
       if previous_finite is not None and not bool(previous_finite):
         faults.stop_non_finite(step - 1, last_saved, lc.skip_nonfinite)

@@ -54,3 +54,11 @@ def test_the_run_kind_and_the_objective_are_checked(corpus_dir, field, value, me
   c.train[field] = value
   with pytest.raises(UserError, match=message):
     runstate.check_config(c, sharding.make_mesh(c.mesh))
+
+
+@pytest.mark.parametrize('steps', [(3, 2), (0, 1), (5,), ('a', 'b')])
+def test_profile_steps_are_checked(corpus_dir, steps):
+  c = tiny_config(corpus_dir)
+  c.loop.profile_steps = steps
+  with pytest.raises(UserError, match=r'loop.profile_steps=.*give \(first, last\) steps'):
+    runstate.check_config(c, sharding.make_mesh(c.mesh))

@@ -1,3 +1,4 @@
+import glob
 import json
 import os
 
@@ -98,3 +99,9 @@ def test_resume_matches_uninterrupted_run(corpus_dir, tmp_path):
 
   again = train.train_and_evaluate(config(), split_dir)
   assert again == {'complete': True, 'step': 2 * n}
+
+
+def test_profile_steps_write_one_trace_of_those_steps(corpus_dir, tmp_path):
+  train.train_and_evaluate(tiny_config(corpus_dir, steps=4, profile_steps=(2, 3)), str(tmp_path))
+  traces = glob.glob(str(tmp_path / 'tensorboard' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0, traces
