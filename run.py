@@ -124,14 +124,15 @@ def main(argv):
   if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:'):
     # Must happen before jax starts its CPU backend.
     jax.config.update('jax_num_cpu_devices', int(FLAGS.topology[4:]))
-  from jaxgpt import finetune, inference, sharding, train
+  from jaxgpt import finetune, inference, runstate, sharding, train
 
   if FLAGS.mode != 'plan':
     sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     if jax.process_index() != 0:  # one process speaks for the run
       logging.getLogger('jaxgpt').setLevel(logging.WARNING)
-  tuning = FLAGS.config.train.kind != 'pretrain'
   try:
+    runstate.check_kind(FLAGS.config)  # which run this is decides what runs below
+    tuning = FLAGS.config.train.kind != 'pretrain'
     if tuning and FLAGS.mode not in ('train', 'predict', 'export', 'plan'):
       raise UserError(
         f'--mode={FLAGS.mode} is for pretraining runs; a fine-tune trains, plans, '

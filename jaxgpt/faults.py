@@ -9,6 +9,7 @@ import signal
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from configs import base as base_config
 from jaxgpt import layout
@@ -101,18 +102,10 @@ ADDED = {'train.kind': 'pretrain', 'train.z_loss': 0.0, 'train.label_smoothing':
 
 def upgrade(saved: dict) -> dict:
   """A saved config in this version's layout (see MOVED and ADDED)."""
-  flat = _flatten(saved)
-  flat = {MOVED.get(k, k): v for k, v in flat.items()}
+  flat = {MOVED.get(k, k): v for k, v in _flatten(saved).items()}
   for key, default in ADDED.items():
     flat.setdefault(key, default)
-  out = {}
-  for key, value in flat.items():
-    *parents, leaf = key.split('.')
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return out
+  return traverse_util.unflatten_dict(flat, sep='.')
 
 
 def _flatten(tree, prefix=''):

@@ -91,8 +91,6 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
   """The fine-tune's Run: its model, its loss and an optimizer that freezes what does not
   train. Its state holds every param; checkpoints hold the trainable ones."""
   fc = config.finetune
-  if config.train.kind not in ('classify', 'instruct'):
-    raise UserError(f'train.kind={config.train.kind!r}: a fine-tune is classify or instruct')
   if config.train.kind == 'instruct' and fc.trainable == 'head':
     raise UserError(
       'finetune.trainable=head is for classification; an instruction fine-tune '
@@ -100,7 +98,7 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
     )
   cfg = model_lib.ModelConfig.from_config(config, vocab_size)
   spec = lora.of_finetune(fc)
-  is_trainable = _trainable(config, cfg)
+  is_trainable = trainable_of(config, cfg)
   if config.train.kind == 'classify':
     model = classifier.Classifier(cfg, num_classes)
     task_loss, task_init = classifier.loss, classifier.init_fn(model)
@@ -133,12 +131,8 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
   )
 
 
-def trainable_of(config, run: runstate.Run):
+def trainable_of(config, cfg: model_lib.ModelConfig):
   """is_trainable(path) of the fine-tune's params."""
-  return _trainable(config, run.model.cfg)
-
-
-def _trainable(config, cfg: model_lib.ModelConfig):
   fc = config.finetune
   prefix = ('backbone',) if config.train.kind == 'classify' else ()
   return lora.predicate(fc.trainable, cfg, fc.last_k, prefix)
@@ -237,7 +231,7 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
       f'one batch ({tc.batch_size}); lower train.batch_size'
     )
   run = build_run(config, mesh, base.tokenizer.vocab_size, len(labels or ()))
-  is_trainable = trainable_of(config, run)
+  is_trainable = trainable_of(config, run.model.cfg)
   saved_abstract = saved_view(run.abstract_state, is_trainable)
   log.info(
     'fine-tuning %s: %s trainable of %s params (%s)',
@@ -301,7 +295,7 @@ def _restore_finetuned(config, workdir: str, base: Base, labels=None):
   step = ckpt.latest_step()
   if step is None:
     raise UserError(f'no fine-tuning checkpoint in {workdir}; train first (--mode=train)')
-  saved_abstract = saved_view(run.abstract_state, trainable_of(config, run))
+  saved_abstract = saved_view(run.abstract_state, trainable_of(config, run.model.cfg))
   full = initial_params(config, run, base, config.train.seed)
   trained = ckpt.restore_params(step, saved_abstract.params)
   ckpt.close()

@@ -92,16 +92,13 @@ def abstract_as(abstract, scanned: bool):
 def restore(restore_fn, abstract, saved_shapes: dict | None):
   """restore_fn(target) for a checkpoint saved in either layout, returned in abstract's
   layout on abstract's shardings."""
-  want = is_scanned(_shapes(abstract))
+  want = any(
+    getattr(k, 'key', None) == 'blocks'
+    for path, _ in jax.tree_util.tree_leaves_with_path(abstract)
+    for k in path
+  )
   if saved_shapes is None or is_scanned(saved_shapes) == want:
     return restore_fn(abstract)
   restored = restore_fn(abstract_as(abstract, not want))
   converted = convert(restored, want, jnp.stack, lambda a, i: a[i])
   return jax.device_put(converted, jax.tree.map(lambda a: a.sharding, abstract))
-
-
-def _shapes(tree) -> dict:
-  return {
-    '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path): 0
-    for path, _ in jax.tree_util.tree_leaves_with_path(tree)
-  }

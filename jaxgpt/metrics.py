@@ -90,12 +90,15 @@ class StepProfiler:
     """Called after step `step` was dispatched, with what it returned."""
     if self.active and step == self.last:
       jax.block_until_ready(outputs)  # the trace holds the steps' device work, not only dispatch
-      self.__exit__()
+      self.stop()
 
   def __enter__(self):
     return self
 
   def __exit__(self, *_):
+    self.stop()
+
+  def stop(self):
     if self.active:
       jax.profiler.stop_trace()
       self.active = False

@@ -152,22 +152,27 @@ def pretraining(config, model_cfg: model_lib.ModelConfig, mesh) -> Run:
   )
 
 
+def check_kind(config):
+  """train.kind names a kind of run, and a fine-tune's comes with its finetune section."""
+  kind = config.train.kind
+  if kind not in RUN_KINDS:
+    raise UserError(f'train.kind={kind!r}: use one of {", ".join(RUN_KINDS)}')
+  if kind == 'pretrain' and 'finetune' in config:
+    raise UserError(
+      "train.kind='pretrain' with a finetune section: set train.kind to classify or instruct"
+    )
+  if kind != 'pretrain' and 'finetune' not in config:
+    raise UserError(
+      f'train.kind={kind!r} needs a finetune section: start from experiments/finetune_*.py'
+    )
+
+
 def check_config(config, mesh):
   """Everything about the config that can be checked before data or compilation."""
   model_lib.ModelConfig.from_config(config, tokenizer_vocab=1)
   generate_lib.Sampling.from_config(config.eval)
   tc = config.train
-  if tc.kind not in RUN_KINDS:
-    raise UserError(f'train.kind={tc.kind!r}: use one of {", ".join(RUN_KINDS)}')
-  if (tc.kind == 'pretrain') == ('finetune' in config):
-    raise UserError(
-      f'train.kind={tc.kind!r} '
-      + (
-        'needs a finetune section: start from experiments/finetune_*.py'
-        if tc.kind != 'pretrain'
-        else 'with a finetune section: set train.kind to classify or instruct'
-      )
-    )
+  check_kind(config)
   fields = (
     [('train', k) for k in ('batch_size', 'steps')]
     + [('loop', k) for k in ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints')]

@@ -65,7 +65,7 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
     ckpt.close()
     return {'complete': True, 'step': latest}
   with run.context():
-    result, params = _train(config, workdir, run, ckpt, latest, prepared, model_cfg)
+    result, params = _train(config, workdir, run, ckpt, latest, prepared)
   if params is not None and result['step'] >= tc.steps:
     # Sampling runs outside the training context: its batches are a few prompts, which
     # the mesh's batch axes need not divide.
@@ -73,8 +73,8 @@ def _train_and_evaluate(config, workdir: str, mesh) -> dict:
   return result
 
 
-def _train(config, workdir, run: Run, ckpt, latest, prepared, model_cfg) -> dict:
-  tc = config.train
+def _train(config, workdir, run: Run, ckpt, latest, prepared) -> dict:
+  tc, model_cfg = config.train, run.model.cfg
   data_iter = iter(
     loader.train_loader(
       prepared, model_cfg.seq_len, tc.batch_size, tc.seed, jax.process_index(), jax.process_count()

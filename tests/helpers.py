@@ -3,8 +3,12 @@ the multi-process workers can use them too."""
 
 import os
 import random
+import subprocess
+import sys
 
 from experiments import default
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _WORDS = (
   'alpha beta gamma delta value result index count total item name data node '
@@ -118,3 +122,15 @@ def write_instruction_data(path, n=200, seed=0):
         record = {'instruction': 'join with a dash', 'input': f'{a} {b}', 'output': f'{a}-{b}'}
       f.write(json.dumps(record) + '\n')
   return str(path)
+
+
+def run_py(*args):
+  """`python run.py ARGS` from the repository root on CPU, its output captured."""
+  return subprocess.run(
+    [sys.executable, 'run.py', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+  )

@@ -2,17 +2,13 @@
 
 import contextlib
 import os
-import subprocess
-import sys
 
 import jax.monitoring
 import pytest
 
 from jaxgpt import train
 from jaxgpt.errors import UserError
-from tests.helpers import tiny_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_py, tiny_config
 
 
 @contextlib.contextmanager
@@ -103,19 +99,10 @@ def test_loss_chunks_out_of_range(corpus_dir, tmp_path, chunks):
   _fails(c, tmp_path, rf'execution.loss_chunks={chunks}: use 1 to model.seq_len=32 chunks')
 
 
-def _run(*args):
-  return subprocess.run(
-    [sys.executable, 'run.py', *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
-  )
-
-
 def test_unknown_config_key(tmp_path):
-  proc = _run('--config=experiments/default.py', f'--workdir={tmp_path}', '--config.train.stepz=5')
+  proc = run_py(
+    '--config=experiments/default.py', f'--workdir={tmp_path}', '--config.train.stepz=5'
+  )
   assert proc.returncode == 2
   assert "'--config.train.stepz'" in proc.stderr and 'Did you mean "steps"' in proc.stderr
   assert 'Check its spelling against configs/base.py' in proc.stderr
@@ -137,12 +124,12 @@ def test_unknown_config_key(tmp_path):
   ],
 )
 def test_a_config_value_of_the_wrong_type_is_named(tmp_path, flag, message):
-  proc = _run('--config=experiments/default.py', f'--workdir={tmp_path}', flag)
+  proc = run_py('--config=experiments/default.py', f'--workdir={tmp_path}', flag)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message)
 
 
 def test_run_py_prints_user_errors_without_traceback(tmp_path):
-  proc = _run(
+  proc = run_py(
     '--config=experiments/default.py', f'--workdir={tmp_path}', '--config.mesh.shape.data=3'
   )
   assert proc.returncode == 2

@@ -1,8 +1,5 @@
 import importlib.metadata
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -10,9 +7,7 @@ from configs import finetune as finetune_config
 from jaxgpt import finetune
 from jaxgpt import plan
 from jaxgpt.errors import UserError
-from tests.helpers import tiny_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_py, tiny_config
 
 
 def _config(corpus_dir, **mesh):
@@ -66,22 +61,13 @@ def test_tpu_topology(corpus_dir):
 
 @pytest.mark.slow
 def test_run_py_plan_mode_prints_and_writes(tmp_path):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      'run.py',
-      '--config=experiments/default.py',
-      f'--workdir={tmp_path}',
-      '--mode=plan',
-      '--topology=cpu:8',
-      '--config.mesh.shape.fsdp=2',
-      '--config.mesh.shape.tensor=2',
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+  proc = run_py(
+    '--config=experiments/default.py',
+    f'--workdir={tmp_path}',
+    '--mode=plan',
+    '--topology=cpu:8',
+    '--config.mesh.shape.fsdp=2',
+    '--config.mesh.shape.tensor=2',
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in proc.stdout
@@ -129,22 +115,13 @@ def test_a_fine_tune_plans_its_own_step(corpus_dir):
 
 
 def test_run_py_plans_a_fine_tune(tmp_path):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      'run.py',
-      '--config=experiments/finetune_instruct.py',
-      f'--workdir={tmp_path}',
-      '--mode=plan',
-      '--topology=cpu:8',
-      '--config.model.num_layers=2',
-      '--config.model.d_model=64',
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+  proc = run_py(
+    '--config=experiments/finetune_instruct.py',
+    f'--workdir={tmp_path}',
+    '--mode=plan',
+    '--topology=cpu:8',
+    '--config.model.num_layers=2',
+    '--config.model.d_model=64',
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'temporaries / device' in proc.stdout

@@ -23,10 +23,8 @@ from jaxgpt import workdir as workdir_lib
 from jaxgpt.data import loader
 from jaxgpt.data import pipeline
 from jaxgpt.errors import UserError
-from tests.helpers import tiny_config, write_corpus
+from tests.helpers import ROOT, run_py, tiny_config, write_corpus
 from tests.test_errors import no_compilation
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(corpus):
@@ -179,7 +177,7 @@ def test_eval_and_sample_use_the_saved_model_whatever_the_command_line_defaults(
 def test_the_readme_eval_command_on_a_run_trained_with_model_overrides(trained, tmp_path):
   workdir, _ = trained  # trained with --config.model.d_model=48; its corpus moved away
   somewhere_else = tmp_path / 'corpus'  # the command line names another corpus: not used
-  proc = _run_py(
+  proc = run_py(
     f'--config=tests/tiny_experiment.py:{somewhere_else}',
     f'--workdir={workdir}',
     '--mode=eval',
@@ -188,7 +186,7 @@ def test_the_readme_eval_command_on_a_run_trained_with_model_overrides(trained, 
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout[proc.stdout.index('{') :])
   assert result['step'] == 4 and result['loss'] > 0
-  proc = _run_py(
+  proc = run_py(
     f'--config=tests/tiny_experiment.py:{somewhere_else}',
     f'--workdir={workdir}',
     '--mode=sample',
@@ -448,17 +446,6 @@ def test_one_big_file_dropped_as_too_long_names_max_chars(tmp_path):
     pipeline.prepare(c.data, str(tmp_path / 'run'))
 
 
-def _run_py(*args):
-  return subprocess.run(
-    [sys.executable, 'run.py', *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
-  )
-
-
 @pytest.mark.parametrize(
   'args, message',
   [
@@ -478,7 +465,7 @@ def _run_py(*args):
   ],
 )
 def test_command_line_mistakes(tmp_path, args, message):
-  proc = _run_py(*args, f'--workdir={tmp_path / "w"}')
+  proc = run_py(*args, f'--workdir={tmp_path / "w"}')
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr

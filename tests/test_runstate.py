@@ -12,8 +12,7 @@ from jaxgpt import model as model_lib
 from jaxgpt import runstate
 from jaxgpt import sharding
 from jaxgpt.errors import UserError
-from tests.helpers import tiny_config
-from tests.test_errors import ROOT
+from tests.helpers import ROOT, run_py, tiny_config
 
 
 def test_the_run_is_frozen_and_carries_its_mesh(corpus_dir):
@@ -62,3 +61,13 @@ def test_profile_steps_are_checked(corpus_dir, steps):
   c.loop.profile_steps = steps
   with pytest.raises(UserError, match=r'loop.profile_steps=.*give \(first, last\) steps'):
     runstate.check_config(c, sharding.make_mesh(c.mesh))
+
+
+def test_run_py_names_a_wrong_run_kind_in_one_line(tmp_path):
+  proc = run_py(
+    '--config=experiments/default.py', f'--workdir={tmp_path}', '--config.train.kind=classify'
+  )
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip() == (
+    "error: train.kind='classify' needs a finetune section: start from experiments/finetune_*.py"
+  )
