@@ -46,7 +46,7 @@ flags.DEFINE_string('workdir', None, 'Run directory: data, checkpoints, metrics,
 flags.DEFINE_enum(
   'mode',
   'train',
-  ['train', 'prepare', 'eval', 'sample', 'plan', 'predict', 'export'],
+  ['train', 'prepare', 'eval', 'sample', 'plan', 'predict', 'export', 'import', 'export_hf'],
   'train: train (or resume) and evaluate. prepare: build the token store '
   '(here, or submitted to Slurm with --config.data.prep.executor=slurm) and '
   'stop. eval: evaluate a checkpoint of the '
@@ -55,8 +55,14 @@ flags.DEFINE_enum(
   'compile the train step for --topology and report memory, FLOPs and '
   'collectives without running it. predict: label --input_file with a '
   'classification fine-tune. export: write an instruction fine-tune with its '
-  'adapters merged as a plain checkpoint in WORKDIR/merged.',
+  'adapters merged as a plain checkpoint in WORKDIR/merged. import: read the Hugging Face '
+  'GPT-2 checkpoint in --hf_path as step 0 of a run in --workdir. export_hf: write the run '
+  '(an instruction fine-tune with its adapters merged) as a Hugging Face GPT-2 in --out.',
 )
+flags.DEFINE_string(
+  'hf_path', '', 'For --mode=import: a local GPT-2 directory (config.json, model.safetensors).'
+)
+flags.DEFINE_string('out', '', 'For --mode=export_hf: the directory to write.')
 flags.DEFINE_integer(
   'step', None, 'For --mode=eval/sample: the checkpoint step (default: the latest).'
 )
@@ -124,7 +130,7 @@ def main(argv):
   if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:'):
     # Must happen before jax starts its CPU backend.
     jax.config.update('jax_num_cpu_devices', int(FLAGS.topology[4:]))
-  from jaxgpt import finetune, inference, runstate, sharding, train
+  from jaxgpt import finetune, inference, interop, runstate, sharding, train
 
   if FLAGS.mode != 'plan':
     sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
@@ -133,7 +139,7 @@ def main(argv):
   try:
     runstate.check_kind(FLAGS.config)  # which run this is decides what runs below
     tuning = FLAGS.config.train.kind != 'pretrain'
-    if tuning and FLAGS.mode not in ('train', 'predict', 'export', 'plan'):
+    if tuning and FLAGS.mode not in ('train', 'predict', 'export', 'export_hf', 'plan'):
       raise UserError(
         f'--mode={FLAGS.mode} is for pretraining runs; a fine-tune trains, plans, '
         'predicts (classification) or exports (instructions)'
@@ -173,6 +179,12 @@ def main(argv):
           )
     elif FLAGS.mode == 'plan':
       _plan(finetune.plan_run if tuning else None)
+    elif FLAGS.mode == 'import':
+      if not FLAGS.hf_path:
+        raise UserError('--mode=import needs --hf_path=DIR, a local Hugging Face GPT-2 checkpoint')
+      interop.import_hf(FLAGS.config, FLAGS.workdir, FLAGS.hf_path)
+    elif FLAGS.mode == 'export_hf':
+      print(interop.export_hf(FLAGS.config, FLAGS.workdir, FLAGS.out, FLAGS.step))
   except UserError as e:
     _exit(str(e))
 

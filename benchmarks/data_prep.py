@@ -86,7 +86,7 @@ def prepare_measured(cfg, directory) -> tuple[float, int]:
 
 def encode_rate(tokenizer_path, paths, sample_bytes=32 << 20) -> float:
   """SentencePiece's encode MB/s on all cores, on the first sample_bytes of the corpus."""
-  tok = tokenizer_lib.Tokenizer.load(tokenizer_path)
+  tok = tokenizer_lib.load(tokenizer_path)
   texts, size = [], 0
   for path in paths:
     with open(path) as f:

@@ -85,9 +85,13 @@ def data_config() -> ml_collections.ConfigDict:
   d.dedup.seed = 1
 
   d.tokenizer = ml_collections.ConfigDict()
-  d.tokenizer.kind = 'bpe'  # 'bpe', 'unigram' or 'char' (SentencePiece model types)
+  # 'bpe', 'unigram' or 'char': a SentencePiece model of that type trained on the corpus;
+  # 'gpt2': GPT-2's byte-level BPE, read from vocab_path and merges_path (jaxgpt/data/bpe.py)
+  d.tokenizer.kind = 'bpe'
   d.tokenizer.vocab_size = 8192
   d.tokenizer.model_path = ''  # an existing SentencePiece .model file to use instead
+  d.tokenizer.vocab_path = ''  # kind 'gpt2': encoder.json or vocab.json
+  d.tokenizer.merges_path = ''  # kind 'gpt2': vocab.bpe or merges.txt
   d.tokenizer.byte_fallback = True  # unknown characters become UTF-8 byte pieces
   d.tokenizer.train_chunks = 200_000  # pieces of documents sampled to train on
   d.tokenizer.sample_mb = 32  # training documents sampled (by hash) to train the tokenizer
@@ -163,6 +167,7 @@ def model_config() -> ml_collections.ConfigDict:
   m.tie_embeddings = True  # output logits reuse the token embedding
   m.dtype = 'float32'  # compute dtype; params and optimizer state stay float32
   m.init_std = 0.02
+  m.norm_eps = 1e-5  # LayerNorm's epsilon (GPT-2's)
   return m
 
 
@@ -265,3 +270,5 @@ def get_config() -> ml_collections.ConfigDict:
 # reports and saves, what evaluation and sampling do, and how the data preparation runs.
 # Everything else (data, model, optim, train) makes the run what it is.
 RESUMABLE_SECTIONS = ('execution', 'mesh', 'loop', 'eval', 'data.prep')
+# And where GPT-2's tokenizer files are: a resumed run encodes with its checkpoint's tokenizer.
+RESUMABLE_FIELDS = ('data.tokenizer.vocab_path', 'data.tokenizer.merges_path')

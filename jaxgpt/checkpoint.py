@@ -2,7 +2,7 @@
 
 Each step directory holds four items: the train state (sharded arrays, written by every
 process), the grain iterator state (one small file per process), the config (JSON) and
-the tokenizer (its SentencePiece model, base64 in JSON). Orbax writes a step under a
+the tokenizer (its model file, base64 in JSON). Orbax writes a step under a
 temporary name and renames it when complete, so a killed save never looks like a
 checkpoint; with async saving the arrays are copied off the devices and written in the
 background while training goes on.
@@ -54,7 +54,7 @@ class Checkpointer:
 
     def restore_fn(target):
       items = dict(state=ocp.args.StandardRestore(target))
-      if data_iterator is not None:
+      if data_iterator is not None and self.has_data(step):
         items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
       return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
 
@@ -78,11 +78,15 @@ class Checkpointer:
       item
     ]
 
+  def has_data(self, step: int) -> bool:
+    return os.path.isdir(os.path.join(self.directory, str(step), 'data'))
+
   def missing(self, step: int, with_data: bool) -> list[str]:
-    """The files of a step's items that are not there."""
+    """The files of a step's items that are not there. A step 0 saved without the data
+    iterator (an imported model) needs none: its data start from the beginning."""
     root = os.path.join(self.directory, str(step))
     want = [os.path.join(root, item, name) for item, name in _ITEM_FILES.items()]
-    if with_data:
+    if with_data and (step > 0 or self.has_data(step)):
       n = jax.process_count()
       want.append(os.path.join(root, 'data', f'process_{jax.process_index()}-of-{n}.json'))
     return [p for p in want if not os.path.exists(p)]
@@ -142,7 +146,7 @@ class Checkpointer:
 def load_tokenizer(checkpointer: Checkpointer, step: int) -> tokenizer_lib.Tokenizer:
   """The tokenizer a checkpoint was trained with, from its own item."""
   item = checkpointer.restore_json(step, 'tokenizer')
-  return tokenizer_lib.Tokenizer(base64.b64decode(item['model']))
+  return tokenizer_lib.from_bytes(base64.b64decode(item['model']))
 
 
 def _key_name(k) -> str:

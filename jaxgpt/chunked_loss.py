@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgpt import model as model_lib
+
 
 LOGITS_AXES = ('batch', 'length', 'vocab')
 
@@ -35,15 +37,17 @@ def nll_sum(
   dtype=jnp.float32,
   z_loss: float = 0.0,
   label_smoothing: float = 0.0,
+  valid_vocab: int = 0,
 ):
-  """loss.cross_entropy_sum of the logits h table^T, made `chunks` chunks of positions at a
-  time: the same value and gradients, in float32.
+  """loss.cross_entropy_sum of the logits h table^T (ids from valid_vocab on masked as
+  padding), made `chunks` chunks of positions at a time: the same value and gradients, in
+  float32.
 
   The products run in `dtype` with float32 results; the softmax is float32. Called
   without a gradient (evaluation), only the loss is made; under `jax.grad` the chunks
   also make their gradients (below).
   """
-  objective = (float(z_loss), float(label_smoothing))
+  objective = (float(z_loss), float(label_smoothing), int(valid_vocab))
   return _nll_sum(h_BxLxD, table_VxD, targets_BxL, weights_BxL, chunks, jnp.dtype(dtype), objective)
 
 
@@ -89,8 +93,9 @@ def _bwd(chunks, dtype, objective, residuals, g):
 _nll_sum.defvjp(_fwd, _bwd)
 
 
-def _chunk_logits(h_BxQxD, table_VxD, targets_BxQ, dtype):
-  """One chunk's logits, their logsumexp and one-hot targets, and each position's target logit.
+def _chunk_logits(h_BxQxD, table_VxD, targets_BxQ, dtype, valid_vocab):
+  """One chunk's logits (padding ids masked), their logsumexp and one-hot targets, and each
+  position's target logit.
 
   `table_VxD` comes already in the compute dtype. The products run on (B*Q, D) operands,
   which XLA's CPU backend runs faster than (B, Q, D).
@@ -99,7 +104,7 @@ def _chunk_logits(h_BxQxD, table_VxD, targets_BxQ, dtype):
   h_MxD = h_BxQxD.reshape(-1, d).astype(dtype)
   logits_MxV = jnp.einsum('md,vd->mv', h_MxD, table_VxD, preferred_element_type=jnp.float32)
   logits_BxQxV = nn.with_logical_constraint(
-    logits_MxV.reshape(*h_BxQxD.shape[:2], vocab), LOGITS_AXES
+    model_lib.mask_padding(logits_MxV.reshape(*h_BxQxD.shape[:2], vocab), valid_vocab), LOGITS_AXES
   )
   lse_BxQx1 = jax.nn.logsumexp(logits_BxQxV, axis=-1, keepdims=True)
   # The target's logit as a masked sum: it partitions over a vocab-sharded axis, where
@@ -112,17 +117,18 @@ def _chunk_logits(h_BxQxD, table_VxD, targets_BxQ, dtype):
 def _chunk_loss(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype, objective):
   """One chunk's weighted loss sum, and the pieces its gradients are made from.
 
-  With smoothing s the target distribution is (1 - s) onehot + s / V, so a position's loss
-  is lse - (1 - s) target logit - s mean(logits) (+ z lse^2 with the z-loss).
+  With smoothing s the target distribution is (1 - s) onehot + s uniform (over the valid
+  ids), so a position's loss is lse - (1 - s) target logit - s mean(valid logits) (+ z lse^2
+  with the z-loss).
   """
-  z_loss, smoothing = objective
+  z_loss, smoothing, valid_vocab = objective
   h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV, target_BxQ = _chunk_logits(
-    h_BxQxD, table_VxD, targets_BxQ, dtype
+    h_BxQxD, table_VxD, targets_BxQ, dtype, valid_vocab
   )
   lse_BxQ = lse_BxQx1[..., 0]
   loss_BxQ = lse_BxQ - (1 - smoothing) * target_BxQ
   if smoothing:
-    loss_BxQ = loss_BxQ - smoothing * logits_BxQxV.mean(axis=-1)
+    loss_BxQ = loss_BxQ - smoothing * (logits_BxQxV * _uniform(logits_BxQxV, valid_vocab)).sum(-1)
   if z_loss:
     loss_BxQ = loss_BxQ + z_loss * lse_BxQ**2
   return (loss_BxQ * weights_BxQ).sum(), (h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV)
@@ -130,7 +136,7 @@ def _chunk_loss(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype, objective):
 
 def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype, objective):
   """One chunk's weighted loss sum, its gradient for h and its (D, V) gradient for the table."""
-  z_loss, smoothing = objective
+  z_loss, smoothing, valid_vocab = objective
   loss, (h_MxD, logits_BxQxV, lse_BxQx1, onehot_BxQxV) = _chunk_loss(
     h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype, objective
   )
@@ -141,7 +147,9 @@ def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype, objective):
   softmax_BxQxV = jnp.exp(logits_BxQxV - lse_BxQx1)
   if z_loss:
     softmax_BxQxV = softmax_BxQxV * (1 + 2 * z_loss * lse_BxQx1)
-  target_dist_BxQxV = (1 - smoothing) * onehot_BxQxV + smoothing / vocab
+  target_dist_BxQxV = (1 - smoothing) * onehot_BxQxV
+  if smoothing:
+    target_dist_BxQxV = target_dist_BxQxV + smoothing * _uniform(logits_BxQxV, valid_vocab)
   dlogits_BxQxV = (softmax_BxQxV - target_dist_BxQxV) * weights_BxQ[..., None]
   dlogits_MxV = dlogits_BxQxV.reshape(-1, vocab).astype(dtype)
   dh_MxD = jnp.einsum('mv,vd->md', dlogits_MxV, table_VxD, preferred_element_type=jnp.float32)
@@ -150,16 +158,26 @@ def _chunk(h_BxQxD, table_VxD, targets_BxQ, weights_BxQ, dtype, objective):
   return loss, dh_MxD.reshape(h_BxQxD.shape), dtable_DxV
 
 
-def token_logp(h_BxLxD, table_VxD, targets_BxL, chunks: int = 1, dtype=jnp.float32):
+def _uniform(logits_BxQxV, valid_vocab):
+  """The uniform distribution over the valid ids, broadcastable to the logits."""
+  vocab = logits_BxQxV.shape[-1]
+  valid = valid_vocab or vocab
+  return (jnp.arange(vocab) < valid).astype(jnp.float32) / valid
+
+
+def token_logp(
+  h_BxLxD, table_VxD, targets_BxL, chunks: int = 1, dtype=jnp.float32, valid_vocab: int = 0
+):
   """Each position's log-probability of its target, and whether the target is the most
-  likely token there (a tie counts), from logits made a chunk of positions at a time."""
+  likely token there (a tie counts), from logits made a chunk of positions at a time;
+  ids from valid_vocab on are padding, never likely."""
   xs = _split(chunks, h_BxLxD, targets_BxL)
   compute_table_VxD = table_VxD.astype(dtype)
 
   def body(_, chunk):
     h_BxQxD, targets_BxQ = chunk
     _, logits_BxQxV, lse_BxQx1, _, target_BxQ = _chunk_logits(
-      h_BxQxD, compute_table_VxD, targets_BxQ, dtype
+      h_BxQxD, compute_table_VxD, targets_BxQ, dtype, valid_vocab
     )
     greedy_BxQ = target_BxQ >= logits_BxQxV.max(axis=-1)
     return None, (target_BxQ - lse_BxQx1[..., 0], greedy_BxQ)

@@ -68,7 +68,10 @@ def stop_non_finite(step: int, last_saved: int | None, skipping: bool):
 # step is computed (so a run that ran out of memory resumes with more remat, micro-batches
 # or loss chunks; micro-batches also draw dropout's masks per micro-batch), where it runs,
 # how the loop reports and saves, evaluation, and how the data preparation runs.
-RESUMABLE = tuple(f'{section}.' for section in base_config.RESUMABLE_SECTIONS)
+RESUMABLE = (
+  *(f'{section}.' for section in base_config.RESUMABLE_SECTIONS),
+  *base_config.RESUMABLE_FIELDS,
+)
 
 # Fields that moved to their sections (issue 15), and fields added since: a run saved
 # before reads as if saved now.
@@ -97,7 +100,14 @@ MOVED = {
   'data.skip_bad_records': 'data.prep.skip_bad_records',
   'finetune.task': 'train.kind',
 }
-ADDED = {'train.kind': 'pretrain', 'train.z_loss': 0.0, 'train.label_smoothing': 0.0}
+ADDED = {
+  'train.kind': 'pretrain',
+  'train.z_loss': 0.0,
+  'train.label_smoothing': 0.0,
+  'model.norm_eps': 1e-5,
+  'data.tokenizer.vocab_path': '',
+  'data.tokenizer.merges_path': '',
+}
 
 
 def upgrade(saved: dict) -> dict:

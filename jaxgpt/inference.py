@@ -26,7 +26,7 @@ from jaxgpt.errors import UserError
 log = logging.getLogger('jaxgpt')
 
 
-def _restore(config, workdir: str, step: int | None, devices, overrides):
+def restore(config, workdir: str, step: int | None = None, devices=None, overrides=None):
   """(config, Run, params, tokenizer, step) of a checkpoint of the run in workdir: the
   model is the saved one (see faults.with_saved_model), its tokenizer the saved one."""
   ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
@@ -67,7 +67,7 @@ def evaluate_checkpoint(
   tasks = [tasks_lib.load(path, config.eval.target_delimiter) for path in config.eval.tasks]
   workdir_lib.check_run_exists(workdir)
   workdir_lib.check_writable(workdir)
-  config, run, params, tokenizer, step = _restore(config, workdir, step, devices, overrides)
+  config, run, params, tokenizer, step = restore(config, workdir, step, devices, overrides)
   prepared = pipeline.prepare_shared(config.data, workdir, tokenizer, for_eval=True)
   # The training run's metrics.jsonl stays the training run's: nothing is appended to it.
   run_eval = evaluate_lib.make_evaluator(
@@ -126,7 +126,7 @@ def sample_checkpoint(
   prompts = prompts or [config.eval.prompt] * config.eval.num_samples
   workdir_lib.check_run_exists(workdir)
   workdir_lib.check_writable(workdir)
-  config, run, params, tokenizer, step = _restore(config, workdir, step, devices, overrides)
+  config, run, params, tokenizer, step = restore(config, workdir, step, devices, overrides)
   settings = generate_lib.Sampling.from_config(config.eval)
   gen = generate_lib.Generator(
     run.model, params, run.mesh, settings, tokenizer.eod_id, tokenizer.pad_id

@@ -29,7 +29,7 @@ def next_token_loss(
   if cfg.loss_chunks == 1:
     logits_BxLxV = model.apply({'params': params}, batch['inputs'], **inputs, rngs=rngs)
     total = cross_entropy_sum(
-      logits_BxLxV, batch['targets'], batch['weights'], z_loss, label_smoothing
+      logits_BxLxV, batch['targets'], batch['weights'], z_loss, label_smoothing, cfg.valid_vocab
     )
   else:
     h_BxLxD = model.apply({'params': params}, batch['inputs'], **inputs, rngs=rngs, method='hidden')
@@ -42,21 +42,31 @@ def next_token_loss(
       cfg.dtype,
       z_loss,
       label_smoothing,
+      cfg.valid_vocab,
     )
   return total, batch['weights'].sum()
 
 
 def cross_entropy_sum(
-  logits_BxLxV, targets_BxL, weights_BxL, z_loss: float = 0.0, label_smoothing: float = 0.0
+  logits_BxLxV,
+  targets_BxL,
+  weights_BxL,
+  z_loss: float = 0.0,
+  label_smoothing: float = 0.0,
+  valid_vocab: int = 0,
 ):
   """Sum over positions of weights * (-sum_v q_v log softmax(logits)_v + z_loss * logZ^2),
-  where q is the one-hot target smoothed toward uniform by label_smoothing, in float32."""
+  where q is the one-hot target smoothed toward uniform over the valid ids (below
+  valid_vocab, or all when 0) by label_smoothing, in float32. Padding ids' logits come
+  masked (model.mask_padding)."""
   vocab = logits_BxLxV.shape[-1]
+  valid = valid_vocab or vocab
   logits_BxLxV = logits_BxLxV.astype(jnp.float32)
   logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
   logp_BxLxV = logits_BxLxV - logz_BxL[..., None]
   # The target as a one-hot product rather than a gather: it partitions over a
   # vocab-sharded axis, where a gather would collect the logits on one device.
-  q_BxLxV = jax.nn.one_hot(targets_BxL, vocab) * (1 - label_smoothing) + label_smoothing / vocab
+  uniform_V = (jnp.arange(vocab) < valid) / valid
+  q_BxLxV = jax.nn.one_hot(targets_BxL, vocab) * (1 - label_smoothing) + label_smoothing * uniform_V
   loss_BxL = -(q_BxLxV * logp_BxLxV).sum(axis=-1) + z_loss * logz_BxL**2
   return (loss_BxL * weights_BxL).sum()

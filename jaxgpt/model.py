@@ -43,6 +43,11 @@ class ModelConfig:
   attention_block: int = 0
   loss_chunks: int = 1
   init_std: float = 0.02
+  norm_eps: float = 1e-5
+  # Ids from here to vocab_size only pad the vocabulary (to a multiple that tiles well, or
+  # to a checkpoint's size): their logits are masked, so they are never predicted, sampled
+  # or given probability. 0: every id is a token.
+  valid_vocab: int = 0
 
   @property
   def head_dim(self) -> int:
@@ -63,6 +68,8 @@ class ModelConfig:
       )
     if not 0 <= m.dropout < 1:
       raise UserError(f'model.dropout={m.dropout} must be in [0, 1)')
+    if not 0 < m.norm_eps < 1:
+      raise UserError(f'model.norm_eps={m.norm_eps} must be in (0, 1), e.g. 1e-5')
     vocab = m.vocab_size or tokenizer_vocab
     if m.vocab_multiple:
       vocab = -(-vocab // m.vocab_multiple) * m.vocab_multiple
@@ -107,6 +114,8 @@ class ModelConfig:
       attention_block=x.attention_block,
       loss_chunks=x.loss_chunks,
       init_std=m.init_std,
+      norm_eps=m.norm_eps,
+      valid_vocab=tokenizer_vocab if 0 < tokenizer_vocab < vocab else 0,
     )
 
 
@@ -166,7 +175,7 @@ class Dense(nn.Module):
 
 def layer_norm(cfg: ModelConfig, name: str):
   return nn.LayerNorm(
-    epsilon=1e-5,
+    epsilon=cfg.norm_eps,
     use_bias=cfg.use_bias,
     dtype=jnp.dtype(cfg.dtype),
     param_dtype=jnp.float32,
@@ -394,8 +403,21 @@ class Transformer(nn.Module):
     else:
       logits_BxLxV = self.head(h_BxLxD)
     # The loss's softmax runs in float32 whatever the compute dtype.
-    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+    logits_BxLxV = mask_padding(logits_BxLxV.astype(jnp.float32), cfg.valid_vocab)
     return nn.with_logical_constraint(logits_BxLxV, ('batch', 'length', 'vocab'))
+
+
+# Finite, so that a zero target probability times a padding id's log-probability stays zero.
+PADDING_LOGIT = -1e9
+
+
+def mask_padding(logits_xV, valid_vocab: int):
+  """Logits whose ids from `valid_vocab` on (the vocabulary's padding) are PADDING_LOGIT:
+  after a softmax in float32 they have probability exactly 0."""
+  if not valid_vocab or valid_vocab >= logits_xV.shape[-1]:
+    return logits_xV
+  ids_xV = jax.lax.broadcasted_iota(jnp.int32, logits_xV.shape, logits_xV.ndim - 1)
+  return jnp.where(ids_xV < valid_vocab, logits_xV, PADDING_LOGIT)
 
 
 def output_table(cfg: ModelConfig, params) -> jax.Array:

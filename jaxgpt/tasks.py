@@ -145,7 +145,12 @@ class Scorer:
     cfg = self.model.cfg
     h_BxLxD = self.model.apply({'params': params}, inputs_BxL, method='hidden')
     logp_BxL, greedy_BxL = chunked_loss.token_logp(
-      h_BxLxD, model_lib.output_table(cfg, params), targets_BxL, cfg.loss_chunks, cfg.dtype
+      h_BxLxD,
+      model_lib.output_table(cfg, params),
+      targets_BxL,
+      cfg.loss_chunks,
+      cfg.dtype,
+      cfg.valid_vocab,
     )
     return (logp_BxL * mask_BxL).sum(axis=-1), (greedy_BxL | (mask_BxL == 0)).all(axis=-1)
 

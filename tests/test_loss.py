@@ -174,3 +174,32 @@ def test_the_models_loss_is_the_same_plain_or_chunked(corpus_dir):
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), chunked_grads, plain_grads
   )
+
+
+@pytest.mark.parametrize('chunks', [1, 5])
+def test_padding_ids_are_never_predicted_and_change_nothing(chunks):
+  """With the vocabulary padded from V to V + 9 (e.g. GPT-2's 50257 to 50304), the plain and
+  chunked losses, their gradients and token log-probs equal the unpadded ones, z-loss and
+  label smoothing (uniform over the V real ids) included; the padding rows get no gradient."""
+  h, table, targets, weights = _inputs(4)
+  padded = jnp.concatenate([table, jnp.asarray(np.random.default_rng(5).normal(size=(9, D)))])
+  options = dict(z_loss=1e-3, label_smoothing=0.1)
+  plain = lambda h, t, valid: loss.cross_entropy_sum(
+    model_lib.mask_padding(h @ t.T, valid), targets, weights, *options.values(), valid
+  )
+  want, (want_dh, want_dtable) = jax.value_and_grad(plain, (0, 1))(h, table, 0)
+  got, (dh, dtable) = jax.value_and_grad(plain, (0, 1))(h, padded, V)
+  chunked = lambda h, t: chunked_loss.nll_sum(
+    h, t, targets, weights, chunks, **options, valid_vocab=V
+  )
+  got_c, (dh_c, dtable_c) = jax.jit(jax.value_and_grad(chunked, (0, 1)))(h, padded)
+  for value, grad_h, grad_table in ((got, dh, dtable), (got_c, dh_c, dtable_c)):
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    np.testing.assert_allclose(grad_h, want_dh, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grad_table[:V], want_dtable, rtol=1e-4, atol=1e-6)
+    assert not np.any(np.asarray(grad_table[V:]))
+  logp, _ = chunked_loss.token_logp(h, padded, targets, chunks, valid_vocab=V)
+  want_logp, _ = chunked_loss.token_logp(h, table, targets, chunks)
+  np.testing.assert_allclose(logp, want_logp, rtol=1e-5, atol=1e-6)
+  probs = jax.nn.softmax(model_lib.mask_padding(h @ padded.T, V))
+  assert not np.any(np.asarray(probs[..., V:]))

@@ -73,6 +73,12 @@ class Plan:
 
 def check_config(cfg):
   """The preparation's numeric fields, checked before anything is read."""
+  tokenizer_lib.check_kind(cfg.tokenizer)
+  if cfg.tokenizer.kind == 'gpt2' and not (cfg.tokenizer.vocab_path and cfg.tokenizer.merges_path):
+    raise UserError(
+      "data.tokenizer.kind='gpt2' needs data.tokenizer.vocab_path (encoder.json or vocab.json) "
+      "and data.tokenizer.merges_path (vocab.bpe or merges.txt): GPT-2's files, on local disk"
+    )
   g, c4, slurm = cfg.clean.gopher, cfg.clean.c4, cfg.prep.slurm
   share = lambda x: 0 <= x <= 1
   gopher = [
@@ -165,7 +171,9 @@ def fingerprints(cfg, plan: Plan) -> tuple[str, str]:
     sort_keys=True,
   )
   data_fp = hashlib.sha256(data.encode()).hexdigest()
-  tok = json.dumps(cfg.tokenizer.to_dict(), sort_keys=True)
+  # GPT-2's file paths only when set: stores prepared before those fields existed still match.
+  tok = {k: v for k, v in cfg.tokenizer.to_dict().items() if v != '' or not k.endswith('_path')}
+  tok = json.dumps({**tok, 'model_path': cfg.tokenizer.model_path}, sort_keys=True)
   return data_fp, hashlib.sha256((data_fp + tok).encode()).hexdigest()
 
 
@@ -189,7 +197,7 @@ def _reusable(manifest, fingerprint, data_fingerprint, tokenizer) -> bool:
 
 
 def _open(directory, manifest, tokenizer):
-  tokenizer = tokenizer or tokenizer_lib.Tokenizer.load(os.path.join(directory, 'tokenizer.model'))
+  tokenizer = tokenizer or tokenizer_lib.load(os.path.join(directory, 'tokenizer.model'))
   return Prepared(directory, tokenizer, manifest)
 
 
@@ -202,6 +210,12 @@ def prepare(
   trained one. `for_eval` never writes the training store: a store that does not match goes
   to WORKDIR/eval_data instead.
   """
+  t = cfg.tokenizer
+  if tokenizer is None and t.kind == 'gpt2' and not (t.vocab_path and t.merges_path):
+    raise UserError(
+      "data.tokenizer.kind='gpt2' needs data.tokenizer.vocab_path (encoder.json or vocab.json) "
+      "and data.tokenizer.merges_path (vocab.bpe or merges.txt): GPT-2's files, on local disk"
+    )
   directories = [cfg.prep.cache_dir or os.path.join(workdir, 'data')]
   if for_eval:
     directories.append(os.path.join(workdir, 'eval_data'))

@@ -125,7 +125,7 @@ class TokenShards(PipelineStep):
     self.val_tasks, self.val_fraction, self.threads = val_tasks, val_fraction, threads
 
   def run(self, data, rank=0, world_size=1):
-    tok = tokenizer_lib.Tokenizer.load(self.tokenizer_path)
+    tok = tokenizer_lib.load(self.tokenizer_path)
     dtype = token_dtype(tok.vocab_size)
     source = self.task_sources[rank]
     folder = os.path.join(self.directory, 'shards', source)

@@ -60,9 +60,9 @@ class TrainTokenizer(PipelineStep):
   def run(self, data=None, rank=0, world_size=1):
     report.check_not_empty(self.work)
     if self.given:
-      tok = tokenizer_lib.Tokenizer.load(self.given)
+      tok = tokenizer_lib.load(self.given)
     else:
-      if not self.cfg.model_path:
+      if tokenizer_lib.needs_training(self.cfg):
         logging.getLogger('jaxgpt').info('training the tokenizer on a sample of the documents')
       tok = tokenizer_lib.train_or_load(
         shards.read_sample(os.path.join(self.work, 'sample')), self.cfg
@@ -84,7 +84,7 @@ class Finish(PipelineStep):
     self.data_fp, self.fingerprint = data_fp, fingerprint
 
   def run(self, data=None, rank=0, world_size=1):
-    tokenizer = tokenizer_lib.Tokenizer.load(os.path.join(self.directory, 'tokenizer.model'))
+    tokenizer = tokenizer_lib.load(os.path.join(self.directory, 'tokenizer.model'))
     with open(os.path.join(self.work, 'started')) as f:
       seconds = time.time() - float(f.read())
     manifest = {
@@ -155,7 +155,7 @@ def stages(
   unit_bytes = plan.unit_bytes
   folder = lambda *p: os.path.join(work, *p)
   sample_rate = 0.0
-  if not (given_tokenizer or cfg.tokenizer.model_path):
+  if not given_tokenizer and tokenizer_lib.needs_training(cfg.tokenizer):
     sample_rate = min(1.0, cfg.tokenizer.sample_mb * (1 << 20) / max(sum(unit_bytes), 1))
   dedup_on = cfg.dedup.exact or cfg.dedup.near
   curate = [

@@ -131,3 +131,38 @@ def random_batch(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
     'targets': tokens[:, 1:],
     'weights': np.ones((batch, seq_len), np.float32),
   }
+
+
+def write_gpt2_files(texts, directory: str, merges: int = 500) -> dict:
+  """A byte-level BPE vocabulary trained on `texts` (by Hugging Face tokenizers), written in
+  GPT-2's layout and under both of its names: encoder.json + vocab.bpe (OpenAI's) and
+  vocab.json + merges.txt (Hugging Face's). Ids: the 256 bytes in GPT-2's order, one token
+  per merge in merge order, then <|endoftext|>, as in GPT-2's own files."""
+  from tokenizers import Tokenizer, models, trainers
+  from tokenizers.pre_tokenizers import ByteLevel
+
+  from jaxgpt.data import bpe
+
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
+  alphabet = ByteLevel.alphabet()
+  trainer = trainers.BpeTrainer(
+    vocab_size=256 + merges, initial_alphabet=alphabet, show_progress=False
+  )
+  tok.train_from_iterator(texts, trainer)
+  pairs = json.loads(tok.to_str())['model']['merges']
+  pairs = [p if isinstance(p, list) else p.split(' ') for p in pairs]
+  encoder = {c: i for i, c in enumerate(bpe.byte_decoder())}
+  for a, b in pairs:
+    encoder[a + b] = len(encoder)
+  encoder[bpe.EOT] = len(encoder)
+  os.makedirs(directory, exist_ok=True)
+  paths = {}
+  for vocab_name, merges_name in (('encoder.json', 'vocab.bpe'), ('vocab.json', 'merges.txt')):
+    paths[vocab_name] = os.path.join(directory, vocab_name)
+    paths[merges_name] = os.path.join(directory, merges_name)
+    with open(paths[vocab_name], 'w', encoding='utf-8') as f:
+      json.dump(encoder, f, ensure_ascii=False)
+    with open(paths[merges_name], 'w', encoding='utf-8') as f:
+      f.write('#version: 0.2\n' + ''.join(f'{a} {b}\n' for a, b in pairs))
+  return paths

@@ -1,4 +1,5 @@
-"""SentencePiece tokenizers that round-trip any UTF-8 text exactly.
+"""Tokenizers: SentencePiece ones trained on the corpus, or GPT-2's (bpe.py); both
+round-trip any UTF-8 text exactly.
 
 SentencePiece's defaults are made for prose: they normalise text, collapse runs of spaces
 and treat newlines as sentence breaks. The default corpus is code, whose indentation is its
@@ -17,6 +18,7 @@ import re
 import numpy as np
 import sentencepiece as spm
 
+from jaxgpt.data import bpe
 from jaxgpt.errors import UserError
 
 PAD_ID, UNK_ID, EOD_ID = 0, 1, 2  # EOD (SentencePiece's eos) separates documents
@@ -41,6 +43,8 @@ def _unescape(text: str) -> str:
 
 class Tokenizer:
   """Encode/decode with the special ids jaxgpt relies on."""
+
+  kind = 'sentencepiece'
 
   def __init__(self, proto: bytes):
     self.proto = proto
@@ -76,16 +80,6 @@ class Tokenizer:
         out[i] = len(self.sp.id_to_piece(i).replace(_SPACE, ' ').encode('utf-8'))
     return out
 
-  @classmethod
-  def load(cls, path: str) -> 'Tokenizer':
-    if not os.path.isfile(path):
-      raise UserError(
-        f'data.tokenizer.model_path: {path!r} does not exist; '
-        'name a SentencePiece .model file or leave it empty to train one'
-      )
-    with open(path, 'rb') as f:
-      return cls(f.read())
-
   def save(self, path: str):
     tmp = path + '.tmp'
     with open(tmp, 'wb') as f:
@@ -110,10 +104,43 @@ def training_chunks(texts, limit: int) -> list[str]:
   return chunks
 
 
+def from_bytes(proto: bytes):
+  """A saved tokenizer (its `proto`), of whichever kind it is."""
+  return bpe.Gpt2Tokenizer(proto) if bpe.is_gpt2(proto) else Tokenizer(proto)
+
+
+def load(path: str):
+  """A tokenizer file as `save` wrote it (or a SentencePiece .model)."""
+  if not os.path.isfile(path):
+    raise UserError(
+      f'data.tokenizer.model_path: {path!r} does not exist; '
+      'name a SentencePiece .model file or leave it empty to train one'
+    )
+  with open(path, 'rb') as f:
+    return from_bytes(f.read())
+
+
+KINDS = ('bpe', 'unigram', 'char', 'gpt2')
+
+
+def check_kind(cfg):
+  if cfg.kind not in KINDS:
+    raise UserError(
+      f"data.tokenizer.kind={cfg.kind!r}: use 'bpe', 'unigram' or 'char' (SentencePiece, "
+      "trained on the corpus) or 'gpt2' (GPT-2's files, data.tokenizer.vocab_path and merges_path)"
+    )
+
+
+def needs_training(cfg) -> bool:
+  """Whether config.data.tokenizer makes a tokenizer from the corpus (else it reads files)."""
+  return cfg.kind != 'gpt2' and not cfg.model_path
+
+
 def train(texts, cfg) -> Tokenizer:
   """Trains on `texts` (the training split only); cfg is config.data.tokenizer."""
-  if cfg.kind not in ('bpe', 'unigram', 'char'):
-    raise UserError(f"data.tokenizer.kind={cfg.kind!r}: use 'bpe', 'unigram' or 'char'")
+  check_kind(cfg)
+  if cfg.kind == 'gpt2':
+    raise UserError("data.tokenizer.kind='gpt2' is GPT-2's fixed vocabulary: read, not trained")
   minimum = 256 + 8 if cfg.byte_fallback else 16
   if cfg.vocab_size < minimum:
     raise UserError(
@@ -163,7 +190,10 @@ def _train_sentencepiece(chunks, model, cfg):
   )
 
 
-def train_or_load(texts, cfg) -> Tokenizer:
+def train_or_load(texts, cfg):
+  check_kind(cfg)
+  if cfg.kind == 'gpt2':
+    return bpe.from_files(cfg.vocab_path, cfg.merges_path)
   if cfg.model_path:
-    return Tokenizer.load(cfg.model_path)
+    return load(cfg.model_path)
   return train(texts, cfg)
