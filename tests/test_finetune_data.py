@@ -161,3 +161,14 @@ def test_prompt_targets_do_not_change_the_loss_and_packing_does_not_either():
   nll_packed, tokens_packed = loss.next_token_loss(model, params, packed)
   assert float(tokens_packed) == float(tokens)
   assert float(nll_packed) == pytest.approx(float(nll), abs=1e-4)
+
+
+def test_prompts_that_fill_the_context_are_refused_not_trained_on_silently(caplog):
+  """A response cut off by the context trains nothing: all such examples is an error (the
+  fine-tune would report a loss of 0 and learn nothing), some is a warning with the count."""
+  long_prompt, short = list(range(1, 40)), list(range(1, 5))
+  with pytest.raises(fdata.UserError, match='model.seq_len=32'):
+    fdata.encode_instructions([(long_prompt, [7, 2])] * 3, 32, 0, packed=False)
+  rows = fdata.encode_instructions([(long_prompt, [7, 2]), (short, [7, 2])], 32, 0, packed=True)
+  assert rows['weights'].sum() == 2
+  assert '1 of 2 examples have no response token' in caplog.text

@@ -41,7 +41,14 @@ def hf_dir(tmp_path_factory):
   files = write_gpt2_files(_texts(), directory, merges=500)
   vocab = len(json.load(open(files['vocab.json'])))
   cfg = transformers.GPT2Config(
-    vocab_size=vocab, n_positions=64, n_embd=64, n_layer=2, n_head=8, layer_norm_epsilon=1e-5
+    vocab_size=vocab,
+    n_positions=64,
+    n_embd=64,
+    n_layer=2,
+    n_head=8,
+    layer_norm_epsilon=1e-5,
+    bos_token_id=vocab - 1,
+    eos_token_id=vocab - 1,
   )
   torch.manual_seed(0)
   model = transformers.GPT2LMHeadModel(cfg).eval()
@@ -225,3 +232,36 @@ def test_run_py_imports_and_names_a_missing_hf_path(corpus_dir, hf_dir, tmp_path
   assert out.returncode == 2 and 'already holds a run' in out.stderr
   out = run_py(*args, f'--workdir={tmp_path / "c"}', '--mode=import', f'--hf_path={tmp_path}')
   assert out.returncode == 2 and 'has no config.json' in out.stderr
+
+
+def test_an_instruction_lora_fine_tune_exports_with_its_adapters_merged(
+  corpus_dir, hf_dir, tmp_path
+):
+  from configs import finetune as finetune_configs
+  from jaxgpt import lora
+  from tests.helpers import write_instruction_data
+
+  workdir, tuned, out = (str(tmp_path / n) for n in ('gpt2', 'instruct', 'hf'))
+  _import(corpus_dir, hf_dir, workdir)
+  f = finetune_configs.get_config('instruct')
+  f.train.batch_size, f.train.steps = 8, 4
+  f.loop.eval_every, f.loop.peak_flops = 1000, 1e9
+  f.optim.lr, f.optim.warmup_steps = 1e-2, 1  # adapters that move the logits in 4 steps
+  f.finetune.base_workdir, f.finetune.train_path = workdir, write_instruction_data(
+    tmp_path / 'alpaca.jsonl', n=64
+  )
+  f.finetune.num_generate = 0
+  f.finetune.prompt_template = '{instruction}: {input}\n'
+  f.finetune.prompt_template_no_input = '{instruction}\n'
+  finetune.train_and_evaluate(f, tuned)
+  interop.export_hf(f, tuned, out)
+  base = finetune.open_base(f.finetune)
+  config = finetune.with_base_model(f, base)
+  run, params, _ = finetune._restore_finetuned(config, tuned, base)
+  tokens = _tokens(hf_dir)
+  with lora.adapters(lora.of_finetune(config.finetune)):
+    adapted = np.asarray(run.model.apply({'params': params}, tokens))
+  vocab = base.tokenizer.vocab_size
+  exported = _torch_logits(out, tokens)
+  np.testing.assert_allclose(exported, adapted[..., :vocab], atol=1e-4)
+  assert np.abs(exported - _torch_logits(hf_dir, tokens)).max() > 1e-3  # the tuning shows

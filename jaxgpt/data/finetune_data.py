@@ -8,6 +8,7 @@ runs and machines).
 
 import hashlib
 import json
+import logging
 
 import grain
 import numpy as np
@@ -121,9 +122,10 @@ def encode_instructions(examples, seq_len: int, pad_id: int, packed: bool) -> di
   does not fit; each is its own segment with positions from 0, so nothing attends across
   examples and the logits of every example are those it would get alone.
   """
-  rows, row = [], []
+  rows, row, unseen = [], [], 0
   for prompt, response in examples:
     example = _example_rows(prompt, response, seq_len)
+    unseen += not any(example[2])
     if not packed or sum(len(e[0]) for e in row) + len(example[0]) > seq_len:
       if row:
         rows.append(row)
@@ -131,6 +133,18 @@ def encode_instructions(examples, seq_len: int, pad_id: int, packed: bool) -> di
     row.append(example)
   if row:
     rows.append(row)
+  if examples and unseen == len(examples):
+    raise UserError(
+      f'every prompt takes up all of model.seq_len={seq_len} tokens, so no response token '
+      'is ever trained on; use a shorter finetune.prompt_template or a longer context'
+    )
+  if unseen:
+    logging.getLogger('jaxgpt').warning(
+      '%d of %d examples have no response token within model.seq_len=%d: they train nothing',
+      unseen,
+      len(examples),
+      seq_len,
+    )
   n = len(rows)
   out = {
     'inputs': np.full((n, seq_len), pad_id, np.int32),
