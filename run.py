@@ -46,7 +46,18 @@ flags.DEFINE_string('workdir', None, 'Run directory: data, checkpoints, metrics,
 flags.DEFINE_enum(
   'mode',
   'train',
-  ['train', 'prepare', 'eval', 'sample', 'plan', 'predict', 'export', 'import', 'export_hf'],
+  [
+    'train',
+    'prepare',
+    'eval',
+    'sample',
+    'plan',
+    'predict',
+    'export',
+    'import',
+    'export_hf',
+    'lm_eval',
+  ],
   'train: train (or resume) and evaluate. prepare: build the token store '
   '(here, or submitted to Slurm with --config.data.prep.executor=slurm) and '
   'stop. eval: evaluate a checkpoint of the '
@@ -57,12 +68,19 @@ flags.DEFINE_enum(
   'classification fine-tune. export: write an instruction fine-tune with its '
   'adapters merged as a plain checkpoint in WORKDIR/merged. import: read the Hugging Face '
   'GPT-2 checkpoint in --hf_path as step 0 of a run in --workdir. export_hf: write the run '
-  '(an instruction fine-tune with its adapters merged) as a Hugging Face GPT-2 in --out.',
+  '(an instruction fine-tune with its adapters merged) as a Hugging Face GPT-2 in --out. '
+  "lm_eval: score the run's latest checkpoint on lm-evaluation-harness tasks.",
 )
 flags.DEFINE_string(
   'hf_path', '', 'For --mode=import: a local GPT-2 directory (config.json, model.safetensors).'
 )
 flags.DEFINE_string('out', '', 'For --mode=export_hf: the directory to write.')
+flags.DEFINE_list('lm_eval_tasks', [], 'For --mode=lm_eval: task names, comma-separated.')
+flags.DEFINE_string(
+  'lm_eval_include', '', 'For --mode=lm_eval: a directory of task YAMLs (local data).'
+)
+flags.DEFINE_integer('lm_eval_limit', None, 'For --mode=lm_eval: at most N examples per task.')
+flags.DEFINE_integer('lm_eval_fewshot', None, "For --mode=lm_eval: few-shot examples (task's own).")
 flags.DEFINE_integer(
   'step', None, 'For --mode=eval/sample: the checkpoint step (default: the latest).'
 )
@@ -131,6 +149,7 @@ def main(argv):
     # Must happen before jax starts its CPU backend.
     jax.config.update('jax_num_cpu_devices', int(FLAGS.topology[4:]))
   from jaxgpt import finetune, inference, interop, runstate, sharding, train
+  from jaxgpt import workdir as workdir_lib
 
   if FLAGS.mode != 'plan':
     sharding.maybe_initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
@@ -185,6 +204,20 @@ def main(argv):
       interop.import_hf(FLAGS.config, FLAGS.workdir, FLAGS.hf_path)
     elif FLAGS.mode == 'export_hf':
       print(interop.export_hf(FLAGS.config, FLAGS.workdir, FLAGS.out, FLAGS.step))
+    elif FLAGS.mode == 'lm_eval':
+      from jaxgpt import lm_eval_model
+
+      workdir_lib.check_run_exists(FLAGS.workdir)
+      lm, out = lm_eval_model.evaluate(
+        FLAGS.config,
+        FLAGS.workdir,
+        FLAGS.lm_eval_tasks,
+        FLAGS.lm_eval_include,
+        FLAGS.lm_eval_limit,
+        FLAGS.lm_eval_fewshot,
+      )
+      if jax.process_index() == 0:
+        print(f'wrote {lm_eval_model.report(lm, out, FLAGS.workdir)}')
   except UserError as e:
     _exit(str(e))
 

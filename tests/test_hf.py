@@ -247,8 +247,9 @@ def test_an_instruction_lora_fine_tune_exports_with_its_adapters_merged(
   f.train.batch_size, f.train.steps = 8, 4
   f.loop.eval_every, f.loop.peak_flops = 1000, 1e9
   f.optim.lr, f.optim.warmup_steps = 1e-2, 1  # adapters that move the logits in 4 steps
-  f.finetune.base_workdir, f.finetune.train_path = workdir, write_instruction_data(
-    tmp_path / 'alpaca.jsonl', n=64
+  f.finetune.base_workdir, f.finetune.train_path = (
+    workdir,
+    write_instruction_data(tmp_path / 'alpaca.jsonl', n=64),
   )
   f.finetune.num_generate = 0
   f.finetune.prompt_template = '{instruction}: {input}\n'

@@ -294,3 +294,69 @@ def test_real_layouts_join_context_and_choice_with_the_delimiter(tmp_path, delim
   assert (example['context'] + example['choices'][0]).startswith(
     'A man is sitting on a roof. he is'
   )
+
+
+def _lm_eval_tasks(directory):
+  """Three lm-eval tasks over local JSONL (nothing fetched): multiple choice in HellaSwag's
+  layout (choices without a leading space), greedy generation with a stop string, and
+  rolling log-likelihood."""
+  cities = list(FACTS.values())
+  rows = [
+    {
+      'ctx': f'the capital of {country} is',
+      'endings': [f'{cities[(i + 1) % 8]}.', f'{city}.', f'{cities[(i + 5) % 8]}.'],
+      'label': 1,
+      'city': city,
+      'text': f'the capital of {country} is {city}.',
+    }
+    for i, (country, city) in enumerate(FACTS.items())
+  ]
+  data = _write(directory / 'capitals.jsonl', rows)
+  common = (
+    f'dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n'
+  )
+  yamls = {
+    'capitals_mc': 'output_type: multiple_choice\ndoc_to_text: "{{ctx}}"\n'
+    'doc_to_choice: "{{endings}}"\ndoc_to_target: "{{label}}"\n'
+    'metric_list:\n  - metric: acc\n  - metric: acc_norm\n',
+    'capitals_gen': 'output_type: generate_until\ndoc_to_text: "{{ctx}}"\n'
+    'doc_to_target: " {{city}}"\ngeneration_kwargs:\n  until: ["."]\n  max_gen_toks: 8\n'
+    'metric_list:\n  - metric: exact_match\n',
+    'capitals_ppl': 'output_type: loglikelihood_rolling\ndoc_to_text: ""\n'
+    'doc_to_target: "{{text}}"\nmetric_list:\n  - metric: word_perplexity\n'
+    '  - metric: bits_per_byte\n',
+  }
+  for name, body in yamls.items():
+    (directory / f'{name}.yaml').write_text(f'task: {name}\n{common}{body}')
+  return data, rows
+
+
+def test_lm_eval_harness_scores_equal_the_tasks_module(facts_run, tmp_path, monkeypatch):
+  monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+  from jaxgpt import lm_eval_model
+
+  config, workdir = copy.deepcopy(facts_run)
+  data, rows = _lm_eval_tasks(tmp_path)
+  lm, out = lm_eval_model.evaluate(
+    config, workdir, ['capitals_mc', 'capitals_gen', 'capitals_ppl'], include=str(tmp_path)
+  )
+  results = out['results']
+  ours = tasks.evaluate(lm.scorer, lm.tokenizer, tasks.load(data))
+  assert results['capitals_mc']['acc,none'] == ours['acc'] == 1.0
+  assert results['capitals_mc']['acc_norm,none'] == ours['acc_norm']
+  # The harness's log-likelihood of each choice is that of tasks.py's pair for it.
+  task = tasks.load(data)
+  pairs = [
+    tasks.encode_pair(lm.tokenizer, e['context'], c) for e in task['examples'] for c in e['choices']
+  ]
+  want, _ = lm.scorer.score(pairs)
+  samples = sorted(out['samples']['capitals_mc'], key=lambda s: s['doc_id'])
+  got = [float(r[0][0]) for s in samples for r in s['resps']]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # Generation stops at the stop string; the model knows every capital.
+  assert results['capitals_gen']['exact_match,none'] == 1.0
+  # Rolling: each text's log-likelihood after the end-of-document id.
+  texts = [r['text'] for r in rows]
+  logp, _ = lm.scorer.score([([lm.tokenizer.eod_id], lm.tokenizer.encode(t)) for t in texts])
+  bpb = -logp.sum() / sum(len(t.encode()) for t in texts) / math.log(2)
+  assert results['capitals_ppl']['bits_per_byte,none'] == pytest.approx(bpb, rel=1e-5)
