@@ -226,6 +226,13 @@ def loop_config() -> ml_collections.ConfigDict:
   # (first, last): a jax.profiler trace of those steps (from 1) in WORKDIR/tensorboard, for
   # TensorBoard's profile plugin or XProf; () for none.
   r.profile_steps = ()
+  # Weights & Biases: a project name turns logging on (metrics.jsonl and TensorBoard stay);
+  # the run id is kept in WORKDIR/wandb_id, so a resumed run logs into the same wandb run.
+  # WANDB_MODE=offline writes it under WORKDIR/wandb with no network, for `wandb sync`.
+  r.wandb_project = ''
+  r.wandb_entity = ''  # empty: your default entity
+  r.wandb_name = ''  # empty: the workdir's name
+  r.wandb_tags = ()
   # A non-finite loss or gradient: False stops the run (the last good checkpoint stays the
   # latest); True skips that update, keeps the params, and counts it.
   r.skip_nonfinite = False

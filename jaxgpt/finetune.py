@@ -257,7 +257,9 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
       latest, restored = ckpt.newest_intact(restore, with_data=True, set_aside=True)
       state = restored.replace(params=trees.merge(state.params, restored.params))
       log.info('resuming from step %d', latest)
-    writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0, start_step=latest or 0)
+    writer = metrics_lib.Writer(
+      workdir, enabled=jax.process_index() == 0, start_step=latest or 0, config=config
+    )
     evaluate_cls = (
       finetune_eval.ClassifyEval if config.train.kind == 'classify' else finetune_eval.InstructEval
     )

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgpt import tracking
 from jaxgpt import model as model_lib
 
 log = logging.getLogger('jaxgpt')
@@ -115,7 +116,7 @@ class Writer:
   TensorBoard's view, so each step appears once, with the values of the run that went on.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
+  def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0, config=None):
     self.enabled, self.workdir = enabled, workdir
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
@@ -125,6 +126,8 @@ class Writer:
       from tensorboardX import SummaryWriter
 
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=start_step + 1)
+    # Weights & Biases too, when config.loop.wandb_project names a project.
+    self._wandb = tracking.start(config, workdir, enabled)
 
   def _drop_after(self, step: int):
     if not os.path.exists(self.path):
@@ -144,10 +147,14 @@ class Writer:
       f.write(json.dumps(record) + '\n')
     for k, v in values.items():
       self._tb.add_scalar(f'{kind}/{k}', float(v), step)
+    if self._wandb is not None:
+      self._wandb.log(step, kind, values)
 
   def close(self):
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
 
 
 def _step_of(line: str) -> int | None:

@@ -88,7 +88,9 @@ def _train(config, workdir, run: Run, ckpt, latest, prepared) -> dict:
     log.info('resuming from step %d', latest)
   log.info('model: %s params, %s', f'{model_lib.param_count(model_cfg):,}', model_cfg)
 
-  writer = metrics_lib.Writer(workdir, enabled=jax.process_index() == 0, start_step=latest or 0)
+  writer = metrics_lib.Writer(
+    workdir, enabled=jax.process_index() == 0, start_step=latest or 0, config=config
+  )
   run_eval = evaluate_lib.make_evaluator(config, run, prepared, writer)
   save = lambda step, st: ckpt.save(step, st, data_iter, config, prepared.tokenizer)
   try:

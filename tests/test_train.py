@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from jaxgpt.data.synthetic import random_batch
 from configs import mesh as mesh_presets
@@ -105,3 +106,56 @@ def test_profile_steps_write_one_trace_of_those_steps(corpus_dir, tmp_path):
   train.train_and_evaluate(tiny_config(corpus_dir, steps=4, profile_steps=(2, 3)), str(tmp_path))
   traces = glob.glob(str(tmp_path / 'tensorboard' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
   assert len(traces) == 1 and os.path.getsize(traces[0]) > 0, traces
+
+
+def _wandb_history(path):
+  """The history rows of an offline wandb run file: LevelDB-log framing (a 7-byte file
+  header, then 32 KiB blocks of records with a 7-byte crc/length/type header, split
+  records typed first/middle/last) around wandb's Record protos."""
+  import struct
+
+  from wandb.proto import wandb_internal_pb2
+
+  with open(path, 'rb') as f:
+    data = f.read()
+  rows, pos, part = [], 7, b''
+  while pos + 7 <= len(data):
+    if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+      pos += 32768 - pos % 32768
+      continue
+    _, length, kind = struct.unpack('<IHB', data[pos : pos + 7])
+    part += data[pos + 7 : pos + 7 + length]
+    pos += 7 + length
+    if kind in (1, 4):  # a full record, or the last piece of one
+      record = wandb_internal_pb2.Record()
+      record.ParseFromString(part)
+      part = b''
+      if record.WhichOneof('record_type') == 'history':
+        rows.append({i.key or '/'.join(i.nested_key): i.value_json for i in record.history.item})
+  return rows
+
+
+def test_wandb_logs_offline_and_a_resumed_run_keeps_its_wandb_run(
+  corpus_dir, tmp_path, monkeypatch
+):
+  """loop.wandb_project on, no network (WANDB_MODE=offline): a run stopped at step 3 and
+  resumed logs steps 1-6 into one wandb run, whose id is kept in the workdir."""
+  pytest.importorskip('wandb')
+  monkeypatch.setenv('WANDB_MODE', 'offline')
+  monkeypatch.setenv('WANDB_SILENT', 'true')
+  config = tiny_config(corpus_dir, steps=6, run_steps=3, wandb_project='jaxgpt-test')
+  workdir = str(tmp_path / 'run')
+  assert train.train_and_evaluate(config, workdir)['step'] == 3
+  with open(os.path.join(workdir, 'wandb_id')) as f:
+    run_id = f.read()
+  train.train_and_evaluate(config, workdir)  # resumes at step 3, runs to 6
+  with open(os.path.join(workdir, 'wandb_id')) as f:
+    assert f.read() == run_id
+  runs = sorted(glob.glob(os.path.join(workdir, 'wandb', f'offline-run-*-{run_id}')))
+  assert len(runs) == 2, runs  # one directory per invocation, both of the same run
+  rows = [r for run in runs for r in _wandb_history(os.path.join(run, f'run-{run_id}.wandb'))]
+  train_rows = [r for r in rows if 'train/loss' in r]
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    want = [r['loss'] for r in map(json.loads, f) if r['kind'] == 'train']
+  assert [int(r['_step']) for r in train_rows] == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([float(r['train/loss']) for r in train_rows], want, rtol=1e-6)
