@@ -123,8 +123,9 @@ class Weights:
       raise UserError(f'the checkpoint has no tensor {name!r}: is it a GPT-2 checkpoint?')
     full = self._names[name]
     handle = self._files[self._where[full]]
-    array = handle[full] if isinstance(handle, dict) else handle.get_tensor(full)
-    return np.asarray(array, np.float32)
+    if isinstance(handle, dict):  # torch tensors, memory-mapped
+      return handle[full].float().numpy()
+    return np.asarray(handle.get_tensor(full), np.float32)
 
 
 def _torch_tensors(path):
@@ -136,26 +137,29 @@ def _torch_tensors(path):
       'model.safetensors needs nothing more'
     ) from None
   state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-  return {k: v.float().numpy() for k, v in state.items() if k.endswith(('.weight', '.bias'))}
+  return {k: v for k, v in state.items() if k.endswith(('.weight', '.bias'))}
 
 
 def _layer(w: Weights, i: int, cfg) -> dict:
+  """Layer i's params as functions that read and convert them (see to_params)."""
   d, h, k = cfg.d_model, cfg.num_heads, cfg.head_dim
-  p = f'h.{i}.'
-  qkv = w[p + 'attn.c_attn.weight'].reshape(d, 3, h, k).transpose(0, 2, 1, 3)
+  t = lambda name: lambda: w[f'h.{i}.{name}']
   return {
-    'ln_attn': {'scale': w[p + 'ln_1.weight'], 'bias': w[p + 'ln_1.bias']},
+    'ln_attn': {'scale': t('ln_1.weight'), 'bias': t('ln_1.bias')},
     'attn': {
-      'qkv': {'kernel': qkv, 'bias': w[p + 'attn.c_attn.bias'].reshape(3, h, k).transpose(1, 0, 2)},
+      'qkv': {
+        'kernel': lambda: w[f'h.{i}.attn.c_attn.weight'].reshape(d, 3, h, k).transpose(0, 2, 1, 3),
+        'bias': lambda: w[f'h.{i}.attn.c_attn.bias'].reshape(3, h, k).transpose(1, 0, 2),
+      },
       'out': {
-        'kernel': w[p + 'attn.c_proj.weight'].reshape(h, k, d),
-        'bias': w[p + 'attn.c_proj.bias'],
+        'kernel': lambda: w[f'h.{i}.attn.c_proj.weight'].reshape(h, k, d),
+        'bias': t('attn.c_proj.bias'),
       },
     },
-    'ln_mlp': {'scale': w[p + 'ln_2.weight'], 'bias': w[p + 'ln_2.bias']},
+    'ln_mlp': {'scale': t('ln_2.weight'), 'bias': t('ln_2.bias')},
     'mlp': {
-      'fc_in': {'kernel': w[p + 'mlp.c_fc.weight'], 'bias': w[p + 'mlp.c_fc.bias']},
-      'fc_out': {'kernel': w[p + 'mlp.c_proj.weight'], 'bias': w[p + 'mlp.c_proj.bias']},
+      'fc_in': {'kernel': t('mlp.c_fc.weight'), 'bias': t('mlp.c_fc.bias')},
+      'fc_out': {'kernel': t('mlp.c_proj.weight'), 'bias': t('mlp.c_proj.bias')},
     },
   }
 
@@ -170,19 +174,21 @@ def _padded_rows(table_VxD, vocab):
 
 
 def to_params(w: Weights, cfg) -> dict:
-  """jaxgpt params (numpy, unboxed) of a GPT-2 checkpoint for ModelConfig `cfg`."""
+  """jaxgpt's param tree for ModelConfig `cfg` of a GPT-2 checkpoint, each leaf a function
+  that reads and converts it to float32 numpy: placed on devices one at a time, a model is
+  never held twice in host memory."""
   layers = [_layer(w, i, cfg) for i in range(cfg.num_layers)]
   params = {
-    'tok_embed': _padded_rows(w['wte.weight'], cfg.vocab_size),
-    'pos_embed': w['wpe.weight'][: cfg.seq_len],
-    'ln_final': {'scale': w['ln_f.weight'], 'bias': w['ln_f.bias']},
+    'tok_embed': lambda: _padded_rows(w['wte.weight'], cfg.vocab_size),
+    'pos_embed': lambda: w['wpe.weight'][: cfg.seq_len],
+    'ln_final': {'scale': lambda: w['ln_f.weight'], 'bias': lambda: w['ln_f.bias']},
   }
   if cfg.scan_layers:
     params['blocks'] = _stack(layers)
   else:
     params.update({f'block_{i}': layer for i, layer in enumerate(layers)})
   if not cfg.tie_embeddings:
-    params['head'] = {'kernel': _padded_rows(w['lm_head.weight'], cfg.vocab_size).T}
+    params['head'] = {'kernel': lambda: _padded_rows(w['lm_head.weight'], cfg.vocab_size).T}
   return params
 
 
@@ -190,7 +196,7 @@ def _stack(layers: list[dict]) -> dict:
   first = layers[0]
   if isinstance(first, dict):
     return {k: _stack([layer[k] for layer in layers]) for k in first}
-  return np.stack(layers)
+  return lambda: np.stack([read() for read in layers])
 
 
 def from_params(params: dict, cfg) -> dict[str, np.ndarray]:

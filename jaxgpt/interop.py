@@ -100,25 +100,30 @@ def import_hf(config, workdir: str, hf_path: str, devices=None) -> str:
   return workdir
 
 
-def _on_mesh(params_np: dict, abstract: dict):
-  """numpy params onto the shardings of `abstract`, each process giving its own shards."""
-  flat_np = dict(_leaves(params_np))
+def _on_mesh(readers: dict, abstract: dict):
+  """Params onto the shardings of `abstract`, read one leaf at a time (hf_gpt2.to_params),
+  each process giving its own shards."""
   flat_abstract = dict(_leaves(abstract))
-  if flat_np.keys() != flat_abstract.keys() or any(
-    flat_np[k].shape != flat_abstract[k].shape for k in flat_np
-  ):
-    differ = sorted(
-      k
-      for k in flat_np.keys() | flat_abstract.keys()
-      if k not in flat_np or k not in flat_abstract or flat_np[k].shape != flat_abstract[k].shape
-    )
+  if dict(_leaves(readers)).keys() != flat_abstract.keys():
+    differ = sorted(dict(_leaves(readers)).keys() ^ flat_abstract.keys())
     raise UserError(f'the converted GPT-2 params do not fit the model: {differ[:5]}')
 
   def put(path, a):
-    x = flat_np['/'.join(path)]
+    x = _dig(readers, path)()
+    if x.shape != a.shape:
+      raise UserError(
+        f'GPT-2 param {"/".join(path)} has shape {x.shape}, the model wants {a.shape}: '
+        'does config.json describe these weights?'
+      )
     return jax.make_array_from_callback(x.shape, a.sharding, lambda i: x[i].astype(a.dtype))
 
   return _map_with_path(put, abstract)
+
+
+def _dig(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
 
 
 def _leaves(tree, prefix=()):

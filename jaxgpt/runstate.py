@@ -70,10 +70,11 @@ class Run:
     return jax.jit(init, out_shardings=self.state_shardings.params)(jax.random.key(seed))
 
   def init_state(self, seed: int = 0, params=None) -> TrainState:
-    """Step 0 with fresh params (or `params`) and their optimizer state."""
+    """Step 0 with fresh params (or `params`, whose buffers the state takes over: a large
+    model is not held twice) and their optimizer state."""
     params = self.init_params(seed) if params is None else params
     make = lambda p: TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p))
-    return jax.jit(make, out_shardings=self.state_shardings)(params)
+    return jax.jit(make, out_shardings=self.state_shardings, donate_argnums=0)(params)
 
 
 def build(

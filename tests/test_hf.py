@@ -230,6 +230,8 @@ def test_run_py_imports_and_names_a_missing_hf_path(corpus_dir, hf_dir, tmp_path
   assert out.returncode == 0, out.stderr[-2000:]
   out = run_py(*args, f'--workdir={tmp_path / "b"}', '--mode=import', f'--hf_path={hf_dir}')
   assert out.returncode == 2 and 'already holds a run' in out.stderr
+  out = run_py(*args, f'--workdir={tmp_path / "b"}', '--mode=export_hf', f'--out={tmp_path / "x"}')
+  assert out.returncode == 0 and os.path.isfile(tmp_path / 'x' / 'model.safetensors')
   out = run_py(*args, f'--workdir={tmp_path / "c"}', '--mode=import', f'--hf_path={tmp_path}')
   assert out.returncode == 2 and 'has no config.json' in out.stderr
 

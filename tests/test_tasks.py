@@ -18,7 +18,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxgpt import inference, sharding, tasks, train
 from jaxgpt import model as model_lib
 from jaxgpt.errors import UserError
-from tests.helpers import FACTS, tiny_config, write_facts_corpus
+from tests.helpers import FACTS, run_py, tiny_config, write_facts_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -360,3 +360,17 @@ def test_lm_eval_harness_scores_equal_the_tasks_module(facts_run, tmp_path, monk
   logp, _ = lm.scorer.score([([lm.tokenizer.eod_id], lm.tokenizer.encode(t)) for t in texts])
   bpb = -logp.sum() / sum(len(t.encode()) for t in texts) / math.log(2)
   assert results['capitals_ppl']['bits_per_byte,none'] == pytest.approx(bpb, rel=1e-5)
+
+
+def test_run_py_lm_eval_prints_the_table_then_writes_it(facts_run, tmp_path):
+  _, workdir = facts_run
+  _lm_eval_tasks(tmp_path)
+  args = ['--config=tests/tiny_experiment.py:.', f'--workdir={workdir}', '--mode=lm_eval']
+  out = run_py(*args, '--lm_eval_tasks=nope', f'--lm_eval_include={tmp_path}')
+  assert out.returncode == 2 and out.stderr.strip().startswith('error: lm-eval knows no task nope')
+  out = run_py(*args, '--lm_eval_tasks=capitals_mc', f'--lm_eval_include={tmp_path}')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert '|capitals_mc|' in out.stdout.replace(' ', '') and 'acc_norm' in out.stdout
+  written = [f for f in os.listdir(workdir) if f.startswith('lm_eval-step')]
+  with open(os.path.join(workdir, written[0])) as f:
+    assert json.load(f)['results']['capitals_mc']['acc,none'] == 1.0
