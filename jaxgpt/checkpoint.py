@@ -69,7 +69,13 @@ class Checkpointer:
       args = ocp.args.PyTreeRestore(
         item={'params': target}, restore_args=restore_args, partial_restore=True
       )
-      return self.manager.restore(step, args=ocp.args.Composite(state=args))['state']['params']
+      # A manager of its own: Orbax binds an item to the handler it first used, and this
+      # manager saves the state with StandardSave (a run resumed from params alone).
+      reader = ocp.CheckpointManager(self.directory)
+      try:
+        return reader.restore(step, args=ocp.args.Composite(state=args))['state']['params']
+      finally:
+        reader.close()
 
     return layout.restore(restore_fn, abstract_params, self.saved_shapes(step, quiet=True))
 
@@ -77,6 +83,12 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[
       item
     ]
+
+  def has_optimizer(self, step: int) -> bool:
+    """Whether a step holds the optimizer state; an imported model's step 0 holds params
+    alone (its moments would be zeros)."""
+    saved = self.saved_shapes(step, quiet=True)
+    return saved is None or any(k.startswith('opt_state/') for k in saved)
 
   def has_data(self, step: int) -> bool:
     return os.path.isdir(os.path.join(self.directory, str(step), 'data'))

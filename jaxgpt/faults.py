@@ -153,6 +153,8 @@ def check_shapes(now: dict, saved: dict | None, config, saved_config: dict, work
   (execution.scan_layers) may differ: a restore converts it."""
   if saved is not None:
     saved = layout.shapes_as(saved, layout.is_scanned(now))
+    if not any(k.startswith('opt_state/') for k in saved):  # params alone: an import
+      now = {k: v for k, v in now.items() if not k.startswith('opt_state/')}
   if saved is None or now == saved:
     return
   differ = sorted(set(now) ^ set(saved)) + sorted(

@@ -2,8 +2,9 @@
 
 Import reads a local GPT-2 checkpoint directory (config.json with model.safetensors, its
 index, or pytorch_model.bin; vocab.json + merges.txt) onto this machine's mesh and writes
-an ordinary jaxgpt checkpoint at step 0, config and tokenizer included: evaluation,
-sampling, fine-tunes and further pretraining start from it as from a run of our own.
+a jaxgpt checkpoint at step 0, config and tokenizer included, with the params alone (no
+optimizer state, no data position): evaluation, sampling, fine-tunes and further
+pretraining start from it as from a run of our own.
 Export writes a run's params (an instruction fine-tune's with its adapters merged) as a
 directory that transformers' GPT2LMHeadModel and GPT2TokenizerFast load.
 """
@@ -14,6 +15,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from jaxgpt import checkpoint as checkpoint_lib
@@ -84,8 +86,9 @@ def import_hf(config, workdir: str, hf_path: str, devices=None) -> str:
         'import into a new workdir'
       )
     params = _on_mesh(hf_gpt2.to_params(weights, model_cfg), run.abstract_state.params)
-    with run.context():
-      state = run.init_state(params=params)
+    # Params alone: the optimizer's moments at step 0 are zeros, twice the model's size in
+    # memory; training makes them when it starts (train._restore_state).
+    state = {'step': jnp.zeros((), jnp.int32), 'params': params}
     ckpt.save(0, state, None, config, tokenizer, force=True)
     ckpt.wait()
     ckpt.close()

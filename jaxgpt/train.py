@@ -83,7 +83,7 @@ def _train(config, workdir, run: Run, ckpt, latest, prepared) -> dict:
   if latest is None:
     state = run.init_state(tc.seed)
   else:
-    restore = lambda step: ckpt.restore(step, run.abstract_state, data_iter)
+    restore = lambda step: _restore_state(ckpt, step, run, data_iter)
     latest, state = ckpt.newest_intact(restore, with_data=True, set_aside=True)
     log.info('resuming from step %d', latest)
   log.info('model: %s params, %s', f'{model_lib.param_count(model_cfg):,}', model_cfg)
@@ -106,6 +106,15 @@ def _train(config, workdir, run: Run, ckpt, latest, prepared) -> dict:
     ckpt.close()
     writer.close()
   return {**result, 'step': step, 'params': model_lib.param_count(model_cfg)}, state.params
+
+
+def _restore_state(ckpt, step: int, run: Run, data_iter):
+  """The train state saved at `step`; for params saved alone (an imported model), those
+  params with a fresh optimizer state, as a run starting at step 0 has."""
+  if ckpt.has_optimizer(step):
+    return ckpt.restore(step, run.abstract_state, data_iter)
+  state = run.init_state(params=ckpt.restore_params(step, run.abstract_state.params))
+  return state.replace(step=jnp.asarray(step, jnp.int32))
 
 
 def train_loop(config, run: Run, state, data_iter, writer, run_eval, save, resumed=None):

@@ -11,6 +11,7 @@ import pytest
 
 from configs import mesh as mesh_presets
 from experiments import gpt2
+from jaxgpt import checkpoint as checkpoint_lib
 from jaxgpt import faults, finetune, inference, interop, model as model_lib, train
 from jaxgpt.data import bpe
 from jaxgpt.data import tokenizer as tokenizer_lib
@@ -139,6 +140,9 @@ def test_a_fine_tune_and_further_pretraining_start_from_the_import(corpus_dir, h
   c = _import(corpus_dir, hf_dir, workdir)
   tokens = _tokens(hf_dir)
   imported, _, _ = _our_logits(c, workdir, tokens)
+  ckpt = checkpoint_lib.Checkpointer(workdir)
+  assert not ckpt.has_optimizer(0) and not ckpt.has_data(0)  # params alone: no zero moments
+  ckpt.close()
   # Further pretraining: the config the import wrote resumes from step 0 and trains on.
   config = interop.imported_config(c, hf_dir, json.load(open(os.path.join(hf_dir, 'config.json'))))
   result = train.train_and_evaluate(config, workdir)
