@@ -2,6 +2,7 @@
 and tensor 8 devices), exported back, fine-tuned and trained on; GPT-2's tokenizer against
 GPT2TokenizerFast."""
 
+import glob
 import json
 import os
 
@@ -14,6 +15,7 @@ from experiments import gpt2
 from jaxgpt import checkpoint as checkpoint_lib
 from jaxgpt import faults, finetune, inference, interop, model as model_lib, train
 from jaxgpt.data import bpe
+from jaxgpt.data import shards as shards_lib
 from jaxgpt.data import tokenizer as tokenizer_lib
 from jaxgpt.data.synthetic import write_gpt2_files
 from jaxgpt.errors import UserError
@@ -272,3 +274,26 @@ def test_an_instruction_lora_fine_tune_exports_with_its_adapters_merged(
   exported = _torch_logits(out, tokens)
   np.testing.assert_allclose(exported, adapted[..., :vocab], atol=1e-4)
   assert np.abs(exported - _torch_logits(hf_dir, tokens)).max() > 1e-3  # the tuning shows
+
+
+def test_a_run_prepares_and_trains_with_gpt2s_tokenizer(corpus_dir, hf_dir, tmp_path):
+  c = tiny_config(corpus_dir, steps=2)
+  c.data.tokenizer.kind = 'gpt2'
+  with pytest.raises(UserError, match='needs data.tokenizer.vocab_path'):
+    train.train_and_evaluate(c, str(tmp_path / 'a'))
+  c.data.tokenizer.vocab_path = os.path.join(hf_dir, 'encoder.json')
+  c.data.tokenizer.merges_path = os.path.join(hf_dir, 'vocab.bpe')
+  workdir = str(tmp_path / 'b')
+  result = train.train_and_evaluate(c, workdir)
+  assert result['step'] == 2 and np.isfinite(result['loss'])
+  with open(os.path.join(workdir, 'data', 'manifest.json')) as f:
+    manifest = json.load(f)
+  tok = tokenizer_lib.load(os.path.join(workdir, 'data', 'tokenizer.model'))
+  assert tok.kind == 'gpt2' and manifest['tokenizer']['sha256'] == tok.sha256
+  # The store holds documents' GPT-2 ids, each followed by <|endoftext|>.
+  texts = {open(os.path.join(corpus_dir, f)).read() for f in os.listdir(corpus_dir)}
+  shards = glob.glob(os.path.join(workdir, 'data', 'shards', '*', '*.bin'))
+  ids = np.concatenate([np.fromfile(p, shards_lib.token_dtype(tok.vocab_size)) for p in shards])
+  ends = np.flatnonzero(ids == tok.eod_id)
+  docs = [tok.decode(d[:-1]) for d in np.split(ids, ends + 1)[:-1]]
+  assert len(docs) > 20 and all(d.endswith('\n') and d in texts for d in docs)

@@ -74,11 +74,6 @@ class Plan:
 def check_config(cfg):
   """The preparation's numeric fields, checked before anything is read."""
   tokenizer_lib.check_kind(cfg.tokenizer)
-  if cfg.tokenizer.kind == 'gpt2' and not (cfg.tokenizer.vocab_path and cfg.tokenizer.merges_path):
-    raise UserError(
-      "data.tokenizer.kind='gpt2' needs data.tokenizer.vocab_path (encoder.json or vocab.json) "
-      "and data.tokenizer.merges_path (vocab.bpe or merges.txt): GPT-2's files, on local disk"
-    )
   g, c4, slurm = cfg.clean.gopher, cfg.clean.c4, cfg.prep.slurm
   share = lambda x: 0 <= x <= 1
   gopher = [
@@ -210,7 +205,7 @@ def prepare(
   trained one. `for_eval` never writes the training store: a store that does not match goes
   to WORKDIR/eval_data instead.
   """
-  t = cfg.tokenizer
+  t = cfg.tokenizer  # a checkpoint's own tokenizer needs no files
   if tokenizer is None and t.kind == 'gpt2' and not (t.vocab_path and t.merges_path):
     raise UserError(
       "data.tokenizer.kind='gpt2' needs data.tokenizer.vocab_path (encoder.json or vocab.json) "
