@@ -129,7 +129,11 @@ def test_export_reloads_in_transformers_with_equal_logits_and_tokenizer(
   c = _import(corpus_dir, hf_dir, workdir, 'fsdp', scan_layers=True)
   interop.export_hf(c, workdir, out)
   tokens = _tokens(hf_dir)
-  np.testing.assert_allclose(_torch_logits(out, tokens), _torch_logits(hf_dir, tokens), atol=1e-5)
+  exported, original = _torch_logits(out, tokens), _torch_logits(hf_dir, tokens)
+  print(
+    f'max abs logit difference, exported against original: {np.abs(exported - original).max():.2e}'
+  )
+  np.testing.assert_allclose(exported, original, atol=1e-5)
   hf_tok = transformers.GPT2TokenizerFast.from_pretrained(out)
   _, _, tokenizer = _our_logits(c, workdir, tokens[:1])
   assert hf_tok(MIXED)['input_ids'] == tokenizer.encode(MIXED)
