@@ -213,8 +213,11 @@ def test_a_config_saved_before_the_sections_moved_reads_in_the_new_layout(corpus
     old['model'][field] = old['execution'][field]
   old['train']['micro_batches'] = old['execution'].pop('micro_batches')
   loop = old.pop('loop')
-  del loop['profile_steps']  # added after the move
+  for field in ('profile_steps', 'wandb_project', 'wandb_entity', 'wandb_name', 'wandb_tags'):
+    del loop[field]  # added after the move
   old['train'].update(loop)
+  del old['model']['norm_eps']  # added later (issue 16), as were GPT-2's tokenizer paths
+  del old['data']['tokenizer']['vocab_path'], old['data']['tokenizer']['merges_path']
   old['data']['cache_dir'] = old['data']['prep'].pop('cache_dir')
   for field in ('kind', 'z_loss', 'label_smoothing'):
     del old['train'][field]

@@ -18,6 +18,18 @@ from datatrove.utils.text import simplify_text
 from jaxgpt.data import corpus
 
 
+def _parse(source: str, tries: int = 3):
+  """ast.parse, again after CPython 3.11's spurious "AST constructor recursion depth
+  mismatch" (python/cpython#106905: the depth counter is shared with other threads parsing
+  at the same time, as a library's background thread may be)."""
+  for attempt in range(tries):
+    try:
+      return ast.parse(source)
+    except SystemError:
+      if attempt == tries - 1:
+        raise
+
+
 class Prose:
   """Sentences drawn from a bigram model of the standard library's docstrings."""
 
@@ -25,7 +37,7 @@ class Prose:
     follows = collections.defaultdict(list)
     for path in corpus.stdlib_files()[:max_files]:
       try:
-        tree = ast.parse(path.read_text(encoding='utf-8'))
+        tree = _parse(path.read_text(encoding='utf-8'))
       except (SyntaxError, UnicodeDecodeError):
         continue
       for node in ast.walk(tree):
