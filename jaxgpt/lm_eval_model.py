@@ -34,9 +34,21 @@ class JaxgptLM(LM):
   """lm-eval's three request types on a checkpoint of the run in `workdir`."""
 
   def __init__(
-    self, workdir: str, step=None, batch_size=16, max_gen_toks=256, config=None, devices=None
+    self,
+    workdir: str,
+    step=None,
+    batch_size=16,
+    max_gen_toks=256,
+    config=None,
+    devices=None,
+    max_batch_size=None,
+    device=None,
   ):
+    """lm-eval's command line also passes max_batch_size and device: the batch is
+    `batch_size` rows ('auto' or none: 16) and the devices are the mesh's."""
     super().__init__()
+    del max_batch_size, device
+    batch_size = 16 if batch_size in (None, '', 'auto') else batch_size
     if config is None:  # the run's own saved config (lm-eval's command line gives none)
       config, overrides = base_config.get_config(), []
     else:

@@ -374,3 +374,23 @@ def test_run_py_lm_eval_prints_the_table_then_writes_it(facts_run, tmp_path):
   written = [f for f in os.listdir(workdir) if f.startswith('lm_eval-step')]
   with open(os.path.join(workdir, written[0])) as f:
     assert json.load(f)['results']['capitals_mc']['acc,none'] == 1.0
+
+
+def test_lm_evals_own_command_line_runs_the_jaxgpt_model(facts_run, tmp_path):
+  """`python -m jaxgpt.lm_eval_model` is lm-eval's CLI with --model jaxgpt registered; it
+  passes batch_size, max_batch_size and device, which the model takes."""
+  _, workdir = facts_run
+  _lm_eval_tasks(tmp_path)
+  args = ['--model', 'jaxgpt', '--model_args', f'workdir={workdir}', '--batch_size', '8']
+  args += ['--tasks', 'capitals_mc', '--include_path', str(tmp_path)]
+  out = subprocess.run(
+    [sys.executable, '-m', 'jaxgpt.lm_eval_model', *args],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'HF_DATASETS_OFFLINE': '1'},
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  row = next(line for line in out.stdout.splitlines() if 'capitals_mc' in line)
+  assert row.replace(' ', '').startswith('|capitals_mc|Yaml|none|0|acc|↑|1|')  # all right
