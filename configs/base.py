@@ -168,6 +168,10 @@ def model_config() -> ml_collections.ConfigDict:
   m.dtype = 'float32'  # compute dtype; params and optimizer state stay float32
   m.init_std = 0.02
   m.norm_eps = 1e-5  # LayerNorm's epsilon (GPT-2's)
+  # How whole sequences attend: 'auto' (splash on TPU, cuDNN on GPU for 16-bit models,
+  # else einsum), 'einsum', 'cudnn', 'splash' or 'reference' (jaxgpt/attention.py). The
+  # same function either way: resumed, evaluated or sampled runs may change it.
+  m.attention_impl = 'auto'
   return m
 
 
@@ -222,7 +226,9 @@ def loop_config() -> ml_collections.ConfigDict:
   r.checkpoint_every = 500
   r.keep_checkpoints = 3
   r.async_checkpoints = True
-  r.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0: measure a matmul at start-up
+  # Per-device peak FLOP/s for MFU. 0: on accelerators, the device kind's bf16 peak
+  # (configs/devices.py); on CPU, a float32 matmul measured at start-up.
+  r.peak_flops = 0.0
   # (first, last): a jax.profiler trace of those steps (from 1) in WORKDIR/tensorboard, for
   # TensorBoard's profile plugin or XProf; () for none.
   r.profile_steps = ()
@@ -278,4 +284,8 @@ def get_config() -> ml_collections.ConfigDict:
 # Everything else (data, model, optim, train) makes the run what it is.
 RESUMABLE_SECTIONS = ('execution', 'mesh', 'loop', 'eval', 'data.prep')
 # And where GPT-2's tokenizer files are: a resumed run encodes with its checkpoint's tokenizer.
-RESUMABLE_FIELDS = ('data.tokenizer.vocab_path', 'data.tokenizer.merges_path')
+RESUMABLE_FIELDS = (
+  'model.attention_impl',
+  'data.tokenizer.vocab_path',
+  'data.tokenizer.merges_path',
+)

@@ -4,14 +4,16 @@ For v4 and v5p the number in the name counts TensorCores (two per chip, fused in
 "megacore" device); for v5e and v6e it counts chips. Memory is HBM per device.
 """
 
+from configs import devices
+
 GIB = 1 << 30
 
 # family: (chip config, HBM bytes per device, names count cores?, peak bf16 FLOP/s per device)
 FAMILIES = {
-  'v4': ('megacore', 32 * GIB, True, 275e12),
-  'v5p': ('megacore', 95 * GIB, True, 459e12),
-  'v5e': ('default', 16 * GIB, False, 197e12),
-  'v6e': ('default', 32 * GIB, False, 918e12),
+  'v4': ('megacore', 32 * GIB, True, devices.bf16_peak('TPU v4')),
+  'v5p': ('megacore', 95 * GIB, True, devices.bf16_peak('TPU v5p')),
+  'v5e': ('default', 16 * GIB, False, devices.bf16_peak('TPU v5e')),
+  'v6e': ('default', 32 * GIB, False, devices.bf16_peak('TPU v6e')),
 }
 
 # Chip grids by chip count: 2-D tori for v5e/v6e, 3-D for v4/v5p.

@@ -1,11 +1,108 @@
-"""Causal self-attention over (B, H, L, K) arrays: whole sequences, or new tokens over a
-key/value cache. Shape letters as in model.py; T is the number of new tokens per row.
+"""Causal self-attention: whole sequences, or new tokens over a key/value cache. Shape
+letters as in model.py; T is the number of new tokens per row.
+
+Whole sequences have several implementations, chosen by `model.attention_impl`:
+- 'einsum' (`causal`): query blocks of two einsums, the float32 softmax between them;
+- 'reference' (`reference`): the textbook formula over the whole L x L mask, which the
+  others are tested against;
+- 'cudnn': cuDNN's fused kernel through `jax.nn.dot_product_attention` (GPU, 16-bit);
+- 'splash': the Pallas splash-attention kernel (TPU); see fused_attention.py;
+- 'auto': splash on TPU, cuDNN on GPU where they apply, einsum otherwise (`choose`).
+All give the same function up to rounding, so a run may change it when it resumes.
 """
 
 import math
 
 import jax
 import jax.numpy as jnp
+
+from jaxgpt.errors import UserError
+
+IMPLS = ('auto', 'einsum', 'reference', 'cudnn', 'splash')
+SPLASH_MULTIPLE = 128  # splash tiles the sequence in blocks of a multiple of 128 on TPU
+
+
+def check_name(impl: str):
+  if impl not in IMPLS:
+    raise UserError(f'model.attention_impl={impl!r}: use one of {", ".join(IMPLS)}')
+
+
+def choose(impl: str, platform: str, dtype: str, dropout: float, seq_len: int) -> str:
+  """The implementation a config's `impl` runs on `platform`: 'auto' resolved, and an
+  explicit choice that cannot run there refused by name (before anything compiles).
+
+  The fused kernels have no attention dropout; cuDNN's flash attention takes 16-bit inputs
+  only; splash tiles whole blocks of 128 positions.
+  """
+  check_name(impl)
+  fits_splash = seq_len % SPLASH_MULTIPLE == 0
+  if impl == 'auto':
+    if dropout == 0 and platform == 'tpu' and fits_splash:
+      return 'splash'
+    if dropout == 0 and platform == 'gpu' and dtype != 'float32':
+      return 'cudnn'
+    return 'einsum'
+  field = f'model.attention_impl={impl!r}'
+  if impl in ('cudnn', 'splash') and dropout:
+    raise UserError(
+      f'{field} has no attention dropout, and model.dropout={dropout}: set the dropout '
+      "to 0 or use attention_impl='einsum'"
+    )
+  if impl == 'cudnn':
+    if platform != 'gpu':
+      raise UserError(
+        f"{field} runs on GPUs (cuDNN); this run's devices are {platform}: use 'auto', "
+        "'einsum' or 'reference'"
+      )
+    if dtype == 'float32':
+      raise UserError(
+        f"{field} needs 16-bit inputs (cuDNN's flash attention): set model.dtype to "
+        "bfloat16 or float16, or use attention_impl='einsum'"
+      )
+  if impl == 'splash':
+    if not fits_splash:
+      raise UserError(
+        f'{field} tiles the sequence in blocks of {SPLASH_MULTIPLE}: model.seq_len='
+        f"{seq_len} is not a multiple; change it or use attention_impl='einsum'"
+      )
+  return impl
+
+
+def reference(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, dropout_fn=lambda w: w, segments_BxL=None):
+  """softmax(q k^T / sqrt(K) + mask) v over the whole (L, L) causal mask, in float32."""
+  dtype = v_BxSxHxK.dtype
+  q_BxLxHxK, k_BxSxHxK, v_BxSxHxK = (
+    x.astype(jnp.float32) for x in (q_BxLxHxK, k_BxSxHxK, v_BxSxHxK)
+  )
+  logits_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK) / math.sqrt(
+    q_BxLxHxK.shape[-1]
+  )
+  seq_len = q_BxLxHxK.shape[1]
+  mask_BxHxLxS = jnp.tril(jnp.ones((seq_len, seq_len), bool))[None, None]
+  if segments_BxL is not None:
+    mask_BxHxLxS = mask_BxHxLxS & (segments_BxL[:, None, :, None] == segments_BxL[:, None, None])
+  weights_BxHxLxS = jax.nn.softmax(jnp.where(mask_BxHxLxS, logits_BxHxLxS, -1e30), axis=-1)
+  out_BxLxHxK = jnp.einsum('bhls,bshk->blhk', dropout_fn(weights_BxHxLxS), v_BxSxHxK)
+  return out_BxLxHxK.astype(dtype)
+
+
+def self_attention(
+  impl, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block, dropout_fn, segments_BxL, platform
+):
+  """Causal attention of a whole sequence by `impl` (resolved by `choose`)."""
+  if impl == 'reference':
+    return reference(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, dropout_fn, segments_BxL)
+  if impl in ('cudnn', 'splash'):
+    from jaxgpt import fused_attention  # Pallas' TPU modules load only where splash runs
+
+    if impl == 'cudnn':
+      return fused_attention.cudnn(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segments_BxL)
+    out_BxLxHxK = fused_attention.splash(
+      q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segments_BxL, interpret=platform != 'tpu'
+    )
+    if out_BxLxHxK is not None:
+      return out_BxLxHxK
+  return causal(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block, dropout_fn, segments_BxL)
 
 
 def causal(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, block: int, dropout_fn, segments_BxL=None):

@@ -105,6 +105,7 @@ ADDED = {
   'train.z_loss': 0.0,
   'train.label_smoothing': 0.0,
   'model.norm_eps': 1e-5,
+  'model.attention_impl': 'auto',
   'data.tokenizer.vocab_path': '',
   'data.tokenizer.merges_path': '',
 }
@@ -178,7 +179,10 @@ def check_shapes(now: dict, saved: dict | None, config, saved_config: dict, work
 
 # Model fields that change no parameter and no evaluation: evaluation and sampling may set
 # them on the command line whatever the run was trained with (as any execution field).
-MODEL_EXECUTION = ('dropout',)
+MODEL_EXECUTION = ('dropout', 'attention_impl')
+# Of those, the ones that belong to the machine rather than the run: a checkpoint trained
+# with splash attention on TPU is evaluated with this machine's choice, not the saved one.
+MODEL_LOCAL = ('model.attention_impl',)
 
 
 def with_saved_model(config, saved: dict, overrides=None):
@@ -210,7 +214,7 @@ def with_saved_model(config, saved: dict, overrides=None):
   config.unlock()
   for section in ('model',) if overrides is None else ('model', 'data'):
     for key, value in _flatten(saved.get(section, {}), f'{section}.').items():
-      if key in given:
+      if key in given or key in MODEL_LOCAL:
         continue
       _set(config, key, value)
   config.lock()

@@ -97,6 +97,7 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
       'trains last_k, all or lora'
     )
   cfg = model_lib.ModelConfig.from_config(config, vocab_size)
+  cfg = model_lib.on_platform(cfg, sharding.platform(mesh))
   spec = lora.of_finetune(fc)
   is_trainable = trainable_of(config, cfg)
   if config.train.kind == 'classify':

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import devices
 from jaxgpt import tracking
 from jaxgpt import model as model_lib
 
@@ -40,6 +41,28 @@ def measure_peak_flops(size: int = 1024, repeats: int = 5) -> float:
     matmul(a).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2.0 * size**3 / best
+
+
+# What MFU is a fraction of: the console line names it.
+PEAKS = {'set': 'set peak', 'bf16': 'bf16 peak', 'measured': 'measured peak'}
+
+
+def peak_flops(configured: float, device) -> tuple[float, str]:
+  """(per-device peak FLOP/s, its kind in PEAKS) for MFU: loop.peak_flops where set; on an
+  accelerator, its device kind's bf16 peak (configs/devices.py); else a float32 matmul
+  measured now, as on CPU, where no table figure would mean much."""
+  if configured:
+    return configured, 'set'
+  if device.platform != 'cpu':
+    peak = devices.bf16_peak(device.device_kind)
+    if peak:
+      return peak, 'bf16'
+    log.warning(
+      'no bf16 peak for device kind %r in configs/devices.py: MFU is against a float32 '
+      'matmul measured now (add the kind there, or set loop.peak_flops)',
+      device.device_kind,
+    )
+  return measure_peak_flops(), 'measured'
 
 
 def _format_seconds(s: float) -> str:
@@ -190,11 +213,13 @@ class Progress:
     return out
 
 
-def log_line(step: int, total: int, v: dict) -> str:
+def log_line(step: int, total: int, v: dict, peak: str = '') -> str:
+  """The console line; `peak` (a PEAKS key) says what MFU is a fraction of."""
+  of = f' of {PEAKS[peak]}' if peak else ''
   return (
     f'step {step:>6}/{total} | loss {v["loss"]:.4f} | lr {v["lr"]:.2e} | '
     f'grad {v["grad_norm"]:.3f} | {v["tokens_per_s"]:,.0f} tok/s | '
-    f'mfu {100 * v["mfu"]:.1f}% | eta {_format_seconds(v["eta_s"])}'
+    f'mfu {100 * v["mfu"]:.1f}%{of} | eta {_format_seconds(v["eta_s"])}'
   )
 
 

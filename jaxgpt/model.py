@@ -10,6 +10,7 @@ mesh axes those map to.
 """
 
 import dataclasses
+import logging
 import math
 
 import flax.linen as nn
@@ -48,6 +49,10 @@ class ModelConfig:
   # to a checkpoint's size): their logits are masked, so they are never predicted, sampled
   # or given probability. 0: every id is a token.
   valid_vocab: int = 0
+  # How whole sequences attend (attention.IMPLS), and the platform the model compiles for
+  # ('' until `on_platform` sets it: then jax's default backend), which resolves 'auto'.
+  attention_impl: str = 'auto'
+  platform: str = ''
 
   @property
   def head_dim(self) -> int:
@@ -93,6 +98,7 @@ class ModelConfig:
         f'execution.attention_block={x.attention_block} does not divide '
         f'model.seq_len={m.seq_len}; use a divisor or 0'
       )
+    attention.check_name(m.attention_impl)
     if not 1 <= x.loss_chunks <= m.seq_len:
       raise UserError(
         f'execution.loss_chunks={x.loss_chunks}: use 1 to model.seq_len='
@@ -116,7 +122,27 @@ class ModelConfig:
       init_std=m.init_std,
       norm_eps=m.norm_eps,
       valid_vocab=tokenizer_vocab if 0 < tokenizer_vocab < vocab else 0,
+      attention_impl=m.attention_impl,
     )
+
+  @property
+  def attention(self) -> str:
+    """The attention implementation this model runs (see attention.choose)."""
+    platform = self.platform or jax.default_backend()
+    return attention.choose(self.attention_impl, platform, self.dtype, self.dropout, self.seq_len)
+
+
+def on_platform(cfg: ModelConfig, platform: str) -> ModelConfig:
+  """cfg for a mesh of `platform` devices ('cpu', 'gpu', 'tpu'): its attention resolved
+  there, or refused there by name before anything compiles."""
+  cfg = dataclasses.replace(cfg, platform=platform)
+  if cfg.attention == 'splash' and platform != 'tpu':
+    logging.warning(
+      "model.attention_impl='splash' on %s runs the kernel in Pallas' interpreter: for "
+      'checking it, far slower than einsum',
+      platform,
+    )
+  return cfg
 
 
 def _divisor_near(width, heads):
@@ -203,8 +229,15 @@ class Attention(nn.Module):
     v_BxLxHxK = nn.with_logical_constraint(v_BxLxHxK, names)
     if cache is None:
       dropout = nn.Dropout(cfg.dropout, deterministic=deterministic)
-      out_BxLxHxK = attention.causal(
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention_block, dropout, segments_BxL
+      out_BxLxHxK = attention.self_attention(
+        cfg.attention,
+        q_BxLxHxK,
+        k_BxLxHxK,
+        v_BxLxHxK,
+        cfg.attention_block,
+        dropout,
+        segments_BxL,
+        cfg.platform or jax.default_backend(),
       )
     else:
       out_BxLxHxK, cache = attention.cached(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cache, lengths_B)

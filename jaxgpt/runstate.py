@@ -142,6 +142,7 @@ def init_fn(model: model_lib.Transformer):
 
 def pretraining(config, model_cfg: model_lib.ModelConfig, mesh) -> Run:
   """The Run of a language model trained from scratch on config.train's objective."""
+  model_cfg = model_lib.on_platform(model_cfg, sharding.platform(mesh))
   model = model_lib.Transformer(model_cfg)
   tx, lr = optim.make(config.optim, config.train.steps)
   tc = config.train

@@ -53,6 +53,11 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
+def platform(mesh: Mesh) -> str:
+  """'cpu', 'gpu' or 'tpu': what the mesh's devices are (a TPU topology's too)."""
+  return mesh.devices.flat[0].platform
+
+
 def rules(mesh_cfg):
   return tuple(
     (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in mesh_cfg.rules

@@ -127,7 +127,14 @@ def train_loop(config, run: Run, state, data_iter, writer, run_eval, save, resum
   """
   tc, lc, model_cfg = config.train, config.loop, run.model.cfg
   tokens_per_step = tc.batch_size * model_cfg.seq_len
-  peak = lc.peak_flops or metrics_lib.measure_peak_flops()
+  device = run.mesh.devices.flat[0]
+  peak, peak_of = metrics_lib.peak_flops(lc.peak_flops, device)
+  log.info(
+    'MFU is a fraction of the %s: %.4g TFLOP/s per device (%s)',
+    metrics_lib.PEAKS[peak_of],
+    peak / 1e12,
+    device.device_kind,
+  )
   step = int(state.step)
   last_saved = resumed
   progress = metrics_lib.Progress(
@@ -167,7 +174,7 @@ def train_loop(config, run: Run, state, data_iter, writer, run_eval, save, resum
         if lc.skip_nonfinite:
           values['skipped'] = int(skipped)
         writer.write(step, 'train', values)
-        log.info(metrics_lib.log_line(step, tc.steps, values))
+        log.info(metrics_lib.log_line(step, tc.steps, values, peak_of))
       if step % lc.eval_every == 0 or step == tc.steps:
         result = run_eval(state.params, step)
         progress.restart(step)

@@ -79,6 +79,7 @@ def _with_other_memory_knobs(config):
   )
   config.execution.micro_batches = 2  # 4 rows each, so on a mesh with 4-way data parallelism
   config.mesh.shape.data, config.mesh.shape.tensor = 4, 2
+  config.model.attention_impl = 'reference'  # how attention runs is the machine's choice too
   return config
 
 
@@ -90,7 +91,8 @@ def test_resuming_with_other_memory_knobs_continues_the_run(corpus_dir, tmp_path
     _with_other_memory_knobs(tiny_config(corpus_dir, steps=4)), resumed_dir
   )
   assert resumed['step'] == 4
-  # The same run: remat, attention blocks, micro-batches and loss chunks change only rounding.
+  # The same run: remat, attention (blocks and implementation), micro-batches and loss chunks
+  # change only rounding.
   np.testing.assert_allclose(resumed['loss'], whole['loss'], rtol=1e-4)
 
 
@@ -217,6 +219,7 @@ def test_a_config_saved_before_the_sections_moved_reads_in_the_new_layout(corpus
     del loop[field]  # added after the move
   old['train'].update(loop)
   del old['model']['norm_eps']  # added later (issue 16), as were GPT-2's tokenizer paths
+  del old['model']['attention_impl']  # (issue 17)
   del old['data']['tokenizer']['vocab_path'], old['data']['tokenizer']['merges_path']
   old['data']['cache_dir'] = old['data']['prep'].pop('cache_dir')
   for field in ('kind', 'z_loss', 'label_smoothing'):
@@ -228,3 +231,14 @@ def test_a_config_saved_before_the_sections_moved_reads_in_the_new_layout(corpus
   old['model']['d_model'] = 64  # the architecture: may not
   with pytest.raises(UserError, match=r'model.d_model: 64 -> 32'):
     faults.check_resumable(config, old, 'WORKDIR')
+
+
+def test_a_checkpoint_is_evaluated_with_this_machines_attention_not_the_saved_one():
+  config = tiny_config('unused')
+  saved = json.loads(config.to_json())
+  saved['model'].update(attention_impl='splash', d_model=48)  # trained on a TPU, wider
+  evaluated = faults.with_saved_model(config, saved, overrides=[])
+  assert evaluated.model.d_model == 48 and evaluated.model.attention_impl == 'auto'
+  config.model.attention_impl = 'reference'  # given on the command line: no clash
+  evaluated = faults.with_saved_model(config, saved, overrides=['model.attention_impl'])
+  assert evaluated.model.attention_impl == 'reference'
