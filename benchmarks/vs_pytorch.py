@@ -9,6 +9,11 @@ float32, pre-LayerNorm blocks with a fused qkv projection, `F.scaled_dot_product
 threads as this machine has cores. jaxgpt runs its real jitted train step (step.py) with
 the default experiment's execution settings on one device.
 
+With `--floor`, each shape's matrix products are also timed alone, one at a time, in each
+framework (XLA's dots, PyTorch's `torch.mm`/`torch.bmm`, on the same threads): their sum is
+the time a step could not go below with that framework's kernels for those shapes, and
+`pytorch_step / xla_dots` the most jaxgpt's ratio could be were everything else free.
+
 Each counts what a user's loop does per step: a batch of random token windows cut from a
 token array on the host (the data), handed to the framework, one optimizer step, and the
 loss read back at the end of each round (the metric). Rounds alternate between the two, so
@@ -142,7 +147,51 @@ def jax_runner(layers, heads, d, seq_len, batch, vocab):
   return run
 
 
-def measure(name, shape, rounds, steps):
+def step_products(layers, heads, d, seq_len, batch, vocab):
+  """(shape, count) of every matrix product in one train step: (m, k, n) for 2-D ones,
+  (b, m, k, n) for attention's batched ones; forward and both backward products."""
+  rows, head_dim = batch * seq_len, d // heads
+  out = []
+  for fan_in, fan_out in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)):
+    out += [((rows, fan_in, fan_out), layers), ((rows, fan_out, fan_in), layers)]
+    out += [((fan_in, rows, fan_out), layers)]
+  out += [((rows, d, vocab), 1), ((rows, vocab, d), 1), ((vocab, rows, d), 1)]  # tied logits
+  bh = batch * heads
+  out += [
+    ((bh, seq_len, head_dim, seq_len), 3 * layers),
+    ((bh, seq_len, seq_len, head_dim), 3 * layers),
+  ]
+  return out
+
+
+def _median_call_s(fn, calls=50, rounds=5):
+  for _ in range(5):
+    fn()
+  times = []
+  for _ in range(rounds):
+    start = time.perf_counter()
+    for _ in range(calls):
+      fn()
+    times.append((time.perf_counter() - start) / calls)
+  return statistics.median(times)
+
+
+def dots_alone_ms(shape) -> dict:
+  """Each framework's sum over step_products, each product timed alone."""
+  rng = np.random.default_rng(0)
+  total = {'xla': 0.0, 'torch': 0.0}
+  product = jax.jit(lambda a, b: a @ b)  # batched when the operands are 3-D
+  for dims, count in step_products(*shape):
+    lhs = rng.random(dims[:-1], np.float32)
+    rhs = rng.random((*dims[:-3], dims[-2], dims[-1]), np.float32)
+    ja, jb = jax.device_put(lhs), jax.device_put(rhs)
+    ta, tb = torch.from_numpy(lhs), torch.from_numpy(rhs)
+    total['xla'] += count * _median_call_s(lambda: product(ja, jb).block_until_ready())
+    total['torch'] += count * _median_call_s(lambda: torch.matmul(ta, tb))
+  return {k: round(v * 1e3, 2) for k, v in total.items()}
+
+
+def measure(name, shape, rounds, steps, floor=False):
   tokens = shape[4] * shape[3] * steps
   runners = {'pytorch': torch_runner(*shape), 'jaxgpt': jax_runner(*shape)}
   first = {k: r(1) for k, r in runners.items()}  # compile, warm caches
@@ -153,7 +202,7 @@ def measure(name, shape, rounds, steps):
       r(steps)
       rates[k].append(tokens / (time.perf_counter() - start))
   med = {k: statistics.median(v) for k, v in rates.items()}
-  return {
+  row = {
     'shape': name,
     'layers_heads_width_ctx_batch_vocab': list(shape),
     'pytorch_tokens_per_s': round(med['pytorch']),
@@ -163,6 +212,17 @@ def measure(name, shape, rounds, steps):
     'log_vocab': round(math.log(shape[5]), 3),
     'rates': {k: [round(x) for x in v] for k, v in rates.items()},
   }
+  if floor:
+    dots = dots_alone_ms(shape)
+    step_ms = {k: 1e3 * shape[4] * shape[3] / v for k, v in med.items()}
+    row.update(
+      pytorch_step_ms=round(step_ms['pytorch'], 1),
+      jaxgpt_step_ms=round(step_ms['jaxgpt'], 1),
+      torch_dots_ms=dots['torch'],
+      xla_dots_ms=dots['xla'],
+      best_ratio=round(step_ms['pytorch'] / dots['xla'], 3),
+    )
+  return row
 
 
 def main():
@@ -170,13 +230,19 @@ def main():
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--shapes', default=','.join(SHAPES))
+  parser.add_argument('--floor', action='store_true', help="also time each step's products alone")
   parser.add_argument('--json', default=os.path.join(os.path.dirname(__file__), 'vs_pytorch.json'))
   args = parser.parse_args()
   threads = os.cpu_count() or 1
   torch.set_num_threads(threads)
   print(f'torch {torch.__version__} on {threads} threads; jax {jax.__version__} on {jax.devices()}')
-  rows = [measure(n, SHAPES[n], args.rounds, args.steps) for n in args.shapes.split(',')]
-  common.print_table(rows, ['shape', 'pytorch_tokens_per_s', 'jaxgpt_tokens_per_s', 'ratio'])
+  rows = [
+    measure(n, SHAPES[n], args.rounds, args.steps, args.floor) for n in args.shapes.split(',')
+  ]
+  columns = ['shape', 'pytorch_tokens_per_s', 'jaxgpt_tokens_per_s', 'ratio']
+  if args.floor:
+    columns += ['pytorch_step_ms', 'jaxgpt_step_ms', 'torch_dots_ms', 'xla_dots_ms', 'best_ratio']
+  common.print_table(rows, columns)
   common.write_json(args.json, {'threads': threads, 'rows': rows})
 
 

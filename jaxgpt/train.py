@@ -87,6 +87,12 @@ def _train(config, workdir, run: Run, ckpt, latest, prepared) -> dict:
     latest, state = ckpt.newest_intact(restore, with_data=True, set_aside=True)
     log.info('resuming from step %d', latest)
   log.info('model: %s params, %s', f'{model_lib.param_count(model_cfg):,}', model_cfg)
+  log.info(
+    'attention: %s (model.attention_impl=%r on %s)',
+    model_cfg.attention,
+    model_cfg.attention_impl,
+    model_cfg.platform,
+  )
 
   writer = metrics_lib.Writer(
     workdir, enabled=jax.process_index() == 0, start_step=latest or 0, config=config

@@ -57,6 +57,21 @@ def test_tpu_topology(corpus_dir):
   report = plan.plan(_config(corpus_dir, fsdp=8), 'v5e-8')
   assert report['devices'] == 8 and report['device_memory'] == 16 << 30 and report['fits']
   assert report['collectives']
+  assert report['attention'] == 'einsum'  # 64 positions: no whole splash block
+
+
+@pytest.mark.skipif(
+  importlib.util.find_spec('libtpu') is None, reason='the optional libtpu package is not installed'
+)
+def test_tpu_plan_compiles_splash_and_the_einsum_path_beside_it(corpus_dir):
+  c = _config(corpus_dir, fsdp=8)
+  c.model.seq_len, c.model.dtype, c.train.batch_size = 1024, 'bfloat16', 64
+  report = plan.plan(c, 'v5e-8')
+  assert report['attention'] == 'splash'
+  einsum = report['einsum_attention']
+  # The einsum path holds (B, H, L, L) scores; splash holds blocks of them.
+  assert einsum['temporaries'] > report['bytes_per_device']['temporaries']
+  assert 'the einsum path     | temporaries' in plan.table(report)
 
 
 @pytest.mark.slow
