@@ -20,6 +20,7 @@ import optax
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxgpt import attention
 from jaxgpt import checkpoint as checkpoint_lib
 from jaxgpt import generate as generate_lib
 from jaxgpt import loss as loss_lib
@@ -172,6 +173,8 @@ def check_kind(config):
 def check_config(config, mesh):
   """Everything about the config that can be checked before data or compilation."""
   model_lib.ModelConfig.from_config(config, tokenizer_vocab=1)
+  m = config.model  # an attention kernel these devices cannot run, before any data work
+  attention.choose(m.attention_impl, sharding.platform(mesh), m.dtype, m.dropout, m.seq_len)
   generate_lib.Sampling.from_config(config.eval)
   tc = config.train
   check_kind(config)

@@ -164,3 +164,6 @@ def test_the_run_refuses_cudnn_on_cpu_before_compiling(corpus_dir):
   cfg = model_lib.ModelConfig.from_config(c, 300)
   with pytest.raises(UserError, match=r"model.attention_impl='cudnn' runs on GPUs"):
     runstate.pretraining(c, cfg, sharding.make_mesh(c.mesh))
+  # and before the data are prepared: the config check every entry point runs first
+  with pytest.raises(UserError, match=r"model.attention_impl='cudnn' runs on GPUs"):
+    runstate.check_config(c, sharding.make_mesh(c.mesh))
