@@ -143,10 +143,10 @@ def plan(config, topology: str, device_memory_gb: float = 0.0, build_run=None) -
   mesh = sharding.make_mesh(config.mesh, devices)
   runstate.check_config(config, mesh)
   if build_run is None:
-    model_cfg = model_lib.ModelConfig.from_config(config, config.data.tokenizer.vocab_size)
-    run = runstate.pretraining(config, model_cfg, mesh)
-  else:
-    run = build_run(config, mesh)
+    build_run = lambda c, mesh: runstate.pretraining(
+      c, model_lib.ModelConfig.from_config(c, c.data.tokenizer.vocab_size), mesh
+    )
+  run = build_run(config, mesh)
   model_cfg = run.model.cfg
   params = _shard_bytes(run.abstract_state.params)
   optimizer = _shard_bytes(run.abstract_state.opt_state)
@@ -180,13 +180,9 @@ def plan(config, topology: str, device_memory_gb: float = 0.0, build_run=None) -
     # The fused kernel's saving, measured: the same step with the einsum path compiled beside.
     einsum = config.copy_and_resolve_references()
     einsum.model.attention_impl = 'einsum'
-    if build_run is None:
-      einsum_run = runstate.pretraining(
-        einsum, model_lib.ModelConfig.from_config(einsum, config.data.tokenizer.vocab_size), mesh
-      )
-    else:
-      einsum_run = build_run(einsum, mesh)
-    report['einsum_attention'] = _compiled(einsum, einsum_run, capacity, params + optimizer)
+    report['einsum_attention'] = _compiled(
+      einsum, build_run(einsum, mesh), capacity, params + optimizer
+    )
   return report
 
 
