@@ -33,8 +33,7 @@ def config_for(preset, impl, batch, seq_len):
   c = gpt2.get_config('124m').copy_and_resolve_references()
   if preset == 'tiny':  # a shape a CPU runs in seconds, the same code path
     c.model.num_layers, c.model.num_heads, c.model.d_model = 2, 4, 64
-  if seq_len:
-    c.model.seq_len = seq_len
+  c.model.seq_len = seq_len
   c.model.attention_impl = impl
   c.model.dtype = 'bfloat16'
   c.train.batch_size = batch
@@ -88,9 +87,10 @@ def main():
   impls = args.impls.split(',') if args.impls else PATHS.get(platform, ('einsum', 'reference'))
   batch = args.batch or 8 * len(jax.devices())
   print(f'{len(jax.devices())} x {jax.devices()[0].device_kind}; jax {jax.__version__}')
+  seq_len = args.seq_len or gpt2.get_config('124m').model.seq_len
   rows = []
   for impl in impls:
-    config = config_for(args.preset, impl, batch, args.seq_len)
+    config = config_for(args.preset, impl, batch, seq_len)
     row = {'impl': impl, **measure(config, args.rounds, args.steps)}
     print(row, flush=True)
     rows.append(row)
@@ -102,7 +102,7 @@ def main():
       'devices': len(jax.devices()),
       'preset': args.preset,
       'batch': batch,
-      'seq_len': config.model.seq_len,
+      'seq_len': seq_len,
       'rows': rows,
     },
   )
