@@ -57,6 +57,8 @@ flags.DEFINE_enum(
     'import',
     'export_hf',
     'lm_eval',
+    'sweep',
+    'fit',
   ],
   'train: train (or resume) and evaluate. prepare: build the token store '
   '(here, or submitted to Slurm with --config.data.prep.executor=slurm) and '
@@ -69,7 +71,20 @@ flags.DEFINE_enum(
   'adapters merged as a plain checkpoint in WORKDIR/merged. import: read the Hugging Face '
   'GPT-2 checkpoint in --hf_path as step 0 of a run in --workdir. export_hf: write the run '
   '(an instruction fine-tune with its adapters merged) as a Hugging Face GPT-2 in --out. '
-  "lm_eval: score the run's latest checkpoint on lm-evaluation-harness tasks.",
+  "lm_eval: score the run's latest checkpoint on lm-evaluation-harness tasks. sweep: "
+  "train the experiment's get_sweep() runs in WORKDIR/runs (or print their commands, or "
+  'write a Slurm array: --sweep_launch), then tabulate, fit scaling laws, plot and run '
+  'the prediction check. fit: the table, fits and plots from the runs finished so far.',
+)
+flags.DEFINE_enum(
+  'sweep_launch',
+  'local',
+  ['local', 'commands', 'slurm'],
+  'For --mode=sweep: local (every run here, one after another; resumable), commands (print '
+  'one run.py command per run) or slurm (write WORKDIR/sweep.sbatch, an array of the runs).',
+)
+flags.DEFINE_integer(
+  'bootstrap', 200, "For --mode=sweep/fit: bootstrap resamples behind the fits' intervals."
 )
 flags.DEFINE_string(
   'hf_path', '', 'For --mode=import: a local GPT-2 directory (config.json, model.safetensors).'
@@ -204,6 +219,8 @@ def main(argv):
       interop.import_hf(FLAGS.config, FLAGS.workdir, FLAGS.hf_path)
     elif FLAGS.mode == 'export_hf':
       print(interop.export_hf(FLAGS.config, FLAGS.workdir, FLAGS.out, FLAGS.step))
+    elif FLAGS.mode in ('sweep', 'fit'):
+      _sweep(train.train_and_evaluate)
     elif FLAGS.mode == 'lm_eval':
       from jaxgpt import lm_eval_model
 
@@ -248,6 +265,31 @@ def _prepare():
     f'token store: {prepared.directory} ({prepared.manifest["tokens"]["train"]:,} training '
     f'tokens); data card: {prepared.directory}/card.md'
   )
+
+
+def _config_arg() -> str:
+  """The --config value as given (file[:arg])."""
+  for i, a in enumerate(sys.argv[1:], 1):
+    if a.startswith('--config='):
+      return a[len('--config=') :]
+    if a == '--config' and i + 1 < len(sys.argv):
+      return sys.argv[i + 1]
+  return 'experiments/default.py'
+
+
+def _sweep(train_fn):
+  from jaxgpt import study
+
+  cli = [a for a in sys.argv[1:] if a.startswith('--config.')]
+  if FLAGS.mode == 'fit':
+    path, _, arg = _config_arg().partition(':')
+    study.conclude(
+      FLAGS.config, study.load_experiment(path), arg or None, FLAGS.workdir, samples=FLAGS.bootstrap
+    )
+  else:
+    study.run(
+      FLAGS.config, _config_arg(), cli, FLAGS.workdir, FLAGS.sweep_launch, train_fn, FLAGS.bootstrap
+    )
 
 
 def _plan(build_run):

@@ -168,6 +168,13 @@ def model_config() -> ml_collections.ConfigDict:
   m.dtype = 'float32'  # compute dtype; params and optimizer state stay float32
   m.init_std = 0.02
   m.norm_eps = 1e-5  # LayerNorm's epsilon (GPT-2's)
+  # 'sp' (standard: GPT-2's init, one learning rate) or 'mup', the maximal update
+  # parametrization for Adam (Yang et al. 2022), with m = d_model / mup_base_width: the
+  # blocks' matrices start at init_std / sqrt(m) and learn at lr / m, the logits are
+  # multiplied by 1 / m, and attention scales by 1/K (times the base width's sqrt(K), for
+  # the same heads). The best learning rate then stays put as the width grows.
+  m.parametrization = 'sp'
+  m.mup_base_width = 256  # the width at which 'mup' is 'sp'
   # How whole sequences attend: 'auto' (splash on TPU, cuDNN on GPU for 16-bit models,
   # else einsum), 'einsum', 'cudnn', 'splash' or 'reference' (jaxgpt/attention.py). The
   # same function either way: resumed, evaluated or sampled runs may change it.
@@ -251,7 +258,7 @@ def loop_config() -> ml_collections.ConfigDict:
 def eval_config() -> ml_collections.ConfigDict:
   e = ml_collections.ConfigDict()
   e.prompt = 'def '  # samples start from this text
-  e.num_samples = 2
+  e.num_samples = 2  # samples printed at the end of a run (0: none)
   e.sample_tokens = 96  # new tokens per sample
   e.temperature = 0.8
   e.top_k = 40  # 0: no top-k filtering

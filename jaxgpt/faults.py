@@ -106,6 +106,8 @@ ADDED = {
   'train.label_smoothing': 0.0,
   'model.norm_eps': 1e-5,
   'model.attention_impl': 'auto',
+  'model.parametrization': 'sp',
+  'model.mup_base_width': 256,
   'data.tokenizer.vocab_path': '',
   'data.tokenizer.merges_path': '',
 }

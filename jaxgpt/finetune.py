@@ -121,7 +121,9 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
     with lora.adapters(spec, deterministic=False):
       return task_loss(model, params, batch, rng)
 
-  tx, lr = optim.make(config.optim, config.train.steps, trainable=is_trainable)
+  tx, lr = optim.make(
+    config.optim, config.train.steps, trainable=is_trainable, lr_scale=model_lib.lr_scale(cfg)
+  )
   run = runstate.build(config, mesh, model, loss_fn, init_fn, tx, lr, 0.0, batch_shapes)
   # Frozen params (bar the position table, which no matmul reads) take no weight gradients.
   frozen = trees.split(

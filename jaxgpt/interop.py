@@ -167,6 +167,11 @@ def export_hf(config, workdir: str, out_dir: str, step: int | None = None) -> st
   config.lock()
   config, run, params, tokenizer, step = inference.restore(config, workdir, step)
   model_cfg = run.model.cfg
+  if model_cfg.parametrization != 'sp':
+    raise UserError(
+      f"--mode=export_hf: this run is model.parametrization='{model_cfg.parametrization}', "
+      "whose logit and attention multipliers GPT-2's layout has no place for; export an 'sp' run"
+    )
   if jax.process_count() > 1:  # every process's shards, gathered
     from jax.experimental import multihost_utils
 

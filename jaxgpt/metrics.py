@@ -65,7 +65,7 @@ def peak_flops(configured: float, device) -> tuple[float, str]:
   return measure_peak_flops(), 'measured'
 
 
-def _format_seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
   s = int(max(s, 0))
   if s >= 3600:
     return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}'
@@ -219,7 +219,7 @@ def log_line(step: int, total: int, v: dict, peak: str = '') -> str:
   return (
     f'step {step:>6}/{total} | loss {v["loss"]:.4f} | lr {v["lr"]:.2e} | '
     f'grad {v["grad_norm"]:.3f} | {v["tokens_per_s"]:,.0f} tok/s | '
-    f'mfu {100 * v["mfu"]:.1f}%{of} | eta {_format_seconds(v["eta_s"])}'
+    f'mfu {100 * v["mfu"]:.1f}%{of} | eta {format_seconds(v["eta_s"])}'
   )
 
 

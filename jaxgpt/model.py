@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jaxgpt import attention
 from jaxgpt.errors import UserError
 
+PARAMETRIZATIONS = ('sp', 'mup')
 REMAT_POLICIES = {
   'full': None,  # save nothing: recompute the whole block in the backward pass
   'dots': jax.checkpoint_policies.checkpoint_dots,
@@ -53,10 +54,17 @@ class ModelConfig:
   # ('' until `on_platform` sets it: then jax's default backend), which resolves 'auto'.
   attention_impl: str = 'auto'
   platform: str = ''
+  parametrization: str = 'sp'  # or 'mup' (configs/base.py says what changes)
+  mup_base_width: int = 256
 
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
+
+  @property
+  def width_mult(self) -> float:
+    """muP's m = d_model / mup_base_width; 1 under the standard parametrization."""
+    return self.d_model / self.mup_base_width if self.parametrization == 'mup' else 1.0
 
   @classmethod
   def from_config(cls, config, tokenizer_vocab: int = 0) -> 'ModelConfig':
@@ -99,6 +107,11 @@ class ModelConfig:
         f'model.seq_len={m.seq_len}; use a divisor or 0'
       )
     attention.check_name(m.attention_impl)
+    if m.parametrization not in PARAMETRIZATIONS or m.mup_base_width <= 0:
+      raise UserError(
+        f'model.parametrization={m.parametrization!r}, model.mup_base_width='
+        f"{m.mup_base_width}: use 'sp' or 'mup', and a positive base width"
+      )
     if not 1 <= x.loss_chunks <= m.seq_len:
       raise UserError(
         f'execution.loss_chunks={x.loss_chunks}: use 1 to model.seq_len='
@@ -123,6 +136,8 @@ class ModelConfig:
       norm_eps=m.norm_eps,
       valid_vocab=tokenizer_vocab if 0 < tokenizer_vocab < vocab else 0,
       attention_impl=m.attention_impl,
+      parametrization=m.parametrization,
+      mup_base_width=m.mup_base_width,
     )
 
   @property
@@ -178,7 +193,9 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x):
     in_shape = x.shape[-self.in_dims :]
-    init = nn.initializers.normal(self.cfg.init_std * self.init_scale)
+    # muP keeps hidden activations' updates the same size at any width: smaller matrices.
+    std = self.cfg.init_std * self.init_scale / math.sqrt(self.cfg.width_mult)
+    init = nn.initializers.normal(std)
     kernel = self.param(
       'kernel',
       nn.with_logical_partitioning(init, self.axes),
@@ -223,6 +240,10 @@ class Attention(nn.Module):
     # the output so that a tensor-parallel shard of the kernel is one contiguous block.
     qkv_BxLxHx3xK = Dense((h, 3, k), ('embed', 'heads', None, 'head_dim'), cfg, name='qkv')(x_BxLxD)
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLxHx3xK[:, :, :, i] for i in range(3))
+    if cfg.parametrization == 'mup':
+      # 1/K rather than 1/sqrt(K) (query and key grow correlated under muP), equal to
+      # 1/sqrt(K) at the base width: every attention path then applies its own 1/sqrt(K).
+      q_BxLxHxK = q_BxLxHxK / math.sqrt(cfg.width_mult)
     names = ('batch', 'length', 'heads', 'head_dim')
     q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, names)
     k_BxLxHxK = nn.with_logical_constraint(k_BxLxHxK, names)
@@ -386,7 +407,7 @@ class Transformer(nn.Module):
     else:
       for block in self.blocks:
         x_BxLxD, _ = block(x_BxLxD, None, None, segments_BxL, deterministic)
-    return self.ln_final(x_BxLxD)
+    return self._final(x_BxLxD)
 
   def __call__(
     self, tokens_BxL, *, segments_BxL=None, positions_BxL=None, deterministic: bool = True
@@ -410,7 +431,15 @@ class Transformer(nn.Module):
         x_BxTxD, layer_cache = block(x_BxTxD, layer_cache, lengths_B, None, True)
         layer_caches.append(layer_cache)
       cache = tuple(layer_caches)
-    return self._logits(self.ln_final(x_BxTxD)), cache
+    return self._logits(self._final(x_BxTxD)), cache
+
+  def _final(self, x_BxLxD):
+    """The final LayerNorm; under muP also the readout's 1/m, which keeps the logits' size
+    constant in width (and so applies to every head read from these states)."""
+    h_BxLxD = self.ln_final(x_BxLxD)
+    if self.cfg.parametrization == 'mup':
+      h_BxLxD = h_BxLxD / self.cfg.width_mult
+    return h_BxLxD
 
   def _embed(self, tokens_BxL, positions_BxL, deterministic):
     cfg = self.cfg
@@ -451,6 +480,15 @@ def mask_padding(logits_xV, valid_vocab: int):
     return logits_xV
   ids_xV = jax.lax.broadcasted_iota(jnp.int32, logits_xV.shape, logits_xV.ndim - 1)
   return jnp.where(ids_xV < valid_vocab, logits_xV, PADDING_LOGIT)
+
+
+def lr_scale(cfg: ModelConfig):
+  """muP's per-parameter learning rates for Adam: path -> multiplier, 1/m for the blocks'
+  matrices (both sides grow with width) and 1 for the rest; None under 'sp'."""
+  if cfg.parametrization != 'mup':
+    return None
+  hidden = lambda path: path[-1] == 'kernel' and any(str(k).startswith('block') for k in path)
+  return lambda path: 1.0 / cfg.width_mult if hidden(path) else 1.0
 
 
 def output_table(cfg: ModelConfig, params) -> jax.Array:

@@ -33,12 +33,23 @@ def decay_mask(params, no_decay=('bias', 'scale', 'embed')):
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def scale_by_path(factor) -> optax.GradientTransformation:
+  """Multiplies each update by factor(path): per-parameter learning rates (muP's)."""
+
+  def update(updates, state, params=None):
+    del params
+    return trees.map_paths(lambda path, u: u * factor(path), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make(
-  cfg, total_steps: int, trainable=None
+  cfg, total_steps: int, trainable=None, lr_scale=None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW of config.optim. With `trainable(path) -> bool`, only those params train: the
   others get no update, no moments and no weight decay (freezing is the optimizer's
-  business, as big_vision's per-parameter transforms do it)."""
+  business, as big_vision's per-parameter transforms do it). With `lr_scale(path) ->
+  float` (model.lr_scale), each param's step, weight decay included, is scaled by it."""
   lr = schedule(cfg, total_steps)
   parts = []
   if cfg.grad_clip:
@@ -54,6 +65,8 @@ def make(
       mask=lambda p: decay_mask(p, no_decay),
     )
   )
+  if lr_scale is not None:
+    parts.append(scale_by_path(lr_scale))
   tx = optax.chain(*parts)
   if trainable is not None:
     labels = lambda params: trees.map_paths(

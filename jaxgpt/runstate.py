@@ -145,7 +145,7 @@ def pretraining(config, model_cfg: model_lib.ModelConfig, mesh) -> Run:
   """The Run of a language model trained from scratch on config.train's objective."""
   model_cfg = model_lib.on_platform(model_cfg, sharding.platform(mesh))
   model = model_lib.Transformer(model_cfg)
-  tx, lr = optim.make(config.optim, config.train.steps)
+  tx, lr = optim.make(config.optim, config.train.steps, lr_scale=model_lib.lr_scale(model_cfg))
   tc = config.train
   loss_fn = lambda params, batch, rng: loss_lib.next_token_loss(
     model, params, batch, rng=rng, z_loss=tc.z_loss, label_smoothing=tc.label_smoothing

@@ -10,6 +10,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from jaxgpt import accounting
 from jaxgpt import checkpoint as checkpoint_lib
 from jaxgpt import evaluate as evaluate_lib
 from jaxgpt import faults
@@ -97,13 +98,28 @@ def _train(config, workdir, run: Run, ckpt, latest, prepared) -> dict:
   writer = metrics_lib.Writer(
     workdir, enabled=jax.process_index() == 0, start_step=latest or 0, config=config
   )
-  run_eval = evaluate_lib.make_evaluator(config, run, prepared, writer)
+  evaluator = evaluate_lib.make_evaluator(config, run, prepared, writer)
+  summary = accounting.Summary(
+    workdir,
+    model_cfg,
+    tc.batch_size * model_cfg.seq_len,
+    tc.steps,
+    latest or 0,
+    jax.process_index() == 0,
+  )
+
+  def run_eval(params, step):
+    result = evaluator(params, step)
+    summary.record(step, result['loss'])
+    return result
+
   save = lambda step, st: ckpt.save(step, st, data_iter, config, prepared.tokenizer)
   try:
     state, result, stopped = train_loop(
       config, run, state, data_iter, writer, run_eval, save, latest
     )
     step = int(state.step)
+    summary.record(step)
     if stopped:
       return {'stopped': True, 'step': step}, None
     result = result or run_eval(state.params, step)
@@ -200,7 +216,8 @@ def train_loop(config, run: Run, state, data_iter, writer, run_eval, save, resum
 
 def _finish_if_missing(config, workdir, run: Run, ckpt, step, prepared):
   """A complete run whose end-of-run records were lost (killed while sampling) gets them."""
-  if all(os.path.exists(os.path.join(workdir, f)) for f in ('loss.png', 'samples.txt')):
+  wanted = ('loss.png', 'samples.txt') if config.eval.num_samples else ('loss.png',)
+  if all(os.path.exists(os.path.join(workdir, f)) for f in wanted):
     return
   log.info('writing the end-of-run records that are missing')
   params = ckpt.restore_params(step, run.abstract_state.params)
@@ -208,12 +225,15 @@ def _finish_if_missing(config, workdir, run: Run, ckpt, step, prepared):
 
 
 def _finish(config, workdir, run: Run, params, prepared):
-  """The end-of-run records: loss plot and samples (printed, then written whole)."""
+  """The end-of-run records: loss plot and samples (printed, then written whole; none
+  where eval.num_samples is 0)."""
   ec = config.eval
   if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
     metrics_lib.plot_losses(
       os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'loss.png')
     )
+  if not ec.num_samples:
+    return
   prompts = [ec.prompt] * ec.num_samples
   texts = generate_lib.sample(
     run.model, params, run.mesh, prepared.tokenizer, prompts, generate_lib.Sampling.from_config(ec)
