@@ -1,16 +1,16 @@
-"""A scaling study that runs on a 2-core CPU in under an hour: IsoFLOP curves (4 FLOP
-budgets x 6 widths, 32k to 560k parameters), Chinchilla's approaches 2 and 3, and a
-prediction checked against a run at 4x the largest budget.
+"""A scaling study that runs on a 2-core CPU: IsoFLOP curves (5 FLOP budgets x 6 widths,
+32k to 560k parameters), Chinchilla's approaches 2 and 3, and a prediction checked
+against a run at 4x the largest budget.
 
     python run.py --config=experiments/scaling.py --workdir=runs/scaling --mode=sweep
 
 The corpus is the Python sources of the installed packages (site-packages: jax, torch,
 scipy, ...; 366 MB of .py files here): no network, and enough tokens (136M) that no run
 sees any twice. Each run trains in WORKDIR/runs/NAME from one shared token store
-(WORKDIR/data); the table, fits, plots and check land in WORKDIR. The committed results,
-36 minutes here on 2026-12-02, are in experiments/scaling_results/. `--sweep_launch=commands`
-or `=slurm` hands the same runs to a cluster; `--mode=fit` tabulates and fits whatever has
-finished.
+(WORKDIR/data); the table, fits, plots and check land in WORKDIR. The committed results
+are in experiments/scaling_results/. They took about 75 minutes here on 2026-12-02, a slow
+day; the four smaller budgets alone took 36. `--sweep_launch=commands` or `=slurm` hands
+the same runs to a cluster; `--mode=fit` tabulates and fits whatever has finished.
 """
 
 import sysconfig
@@ -19,7 +19,7 @@ from configs import base
 from jaxgpt import sweep
 
 WIDTHS = (16, 24, 32, 48, 64, 96)
-BUDGETS = (5e11, 1e12, 2e12, 4e12)  # training FLOPs, 6ND plus attention
+BUDGETS = (5e11, 1e12, 2e12, 4e12, 8e12)  # training FLOPs, 6ND plus attention
 CHECK_FACTOR = 4.0
 
 

@@ -178,7 +178,7 @@ def check_run(config, check: sweep.Check, fit3: dict, c_max: float) -> tuple[swe
 
 def run_check(config, check, result, workdir, train_fn) -> dict:
   """Predicts, writes the prediction (check.json), trains the run, then records how close
-  the prediction came: |predicted / measured - 1|."""
+  the prediction came: predicted / measured - 1."""
   path = os.path.join(workdir, 'check.json')
   run, record = check_run(config, check, result['approach3'], result['max_budget'])
   log.info(
