@@ -280,6 +280,8 @@ def _config_arg() -> str:
 def _sweep(train_fn):
   from jaxgpt import study
 
+  if FLAGS.bootstrap < 1:
+    raise UserError(f'--bootstrap={FLAGS.bootstrap}: use a positive number of resamples, e.g. 200')
   cli = [a for a in sys.argv[1:] if a.startswith('--config.')]
   if FLAGS.mode == 'fit':
     path, _, arg = _config_arg().partition(':')

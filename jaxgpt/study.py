@@ -232,6 +232,11 @@ def conclude(config, experiment, arg, workdir, train_fn=None, samples=200) -> di
   defined (get_check), the prediction check."""
   runs = sweep.runs_of(experiment, arg)
   rows = collect(runs, workdir)
+  if not rows:
+    raise UserError(
+      f'no run of this sweep has started in {os.path.join(workdir, "runs")}; check '
+      '--workdir, or train them first (--mode=sweep)'
+    )
   write_table(rows, workdir)
   if getattr(experiment, 'STUDY', 'scaling') == 'lr_width':
     return {'lr_width': lr_width(rows, workdir)}
