@@ -158,16 +158,25 @@ def model_config() -> ml_collections.ConfigDict:
   m.num_layers = 4
   m.num_heads = 4
   m.d_model = 256
-  m.mlp_dim = 0  # 0: 4 * d_model
+  m.mlp_dim = 0  # 0: 4 * d_model (GELU; for SwiGLU see model.mlp)
   m.seq_len = 128
   m.vocab_size = 0  # 0: the tokenizer's size, rounded up to vocab_multiple
   m.vocab_multiple = 128  # pad the vocabulary so its matmuls tile well
   m.dropout = 0.0
-  m.use_bias = True  # biases in dense layers and LayerNorm (GPT-2 has them)
+  m.use_bias = True  # biases in dense layers and LayerNorm (GPT-2 has them; Llama has none)
   m.tie_embeddings = True  # output logits reuse the token embedding
   m.dtype = 'float32'  # compute dtype; params and optimizer state stay float32
   m.init_std = 0.02
-  m.norm_eps = 1e-5  # LayerNorm's epsilon (GPT-2's)
+  m.norm_eps = 1e-5  # the norms' epsilon (GPT-2's; Llama's is 1e-5 or 1e-6)
+  # The decoder's parts (jaxgpt/architecture.py): GPT-2's by default, Llama's by choice.
+  m.position = 'learned'  # 'learned' (a table of seq_len positions) or 'rope' (rotary)
+  m.rope_theta = 10_000.0  # RoPE's base: the longest wavelength is 2 pi theta positions
+  m.norm = 'layernorm'  # or 'rmsnorm' (no bias, no mean subtracted)
+  m.mlp = 'gelu'  # or 'swiglu': silu(x W_gate) * (x W_up) W_down; mlp_dim 0 is then
+  # 8/3 d_model rounded up to a multiple of 256, Llama's rule
+  m.num_kv_heads = 0  # key/value heads; 0: num_heads. Fewer: grouped-query attention
+  # (a divisor of num_heads; 1 is multi-query), and a KV cache that many heads deep
+  m.qk_norm = False  # RMSNorm of queries and keys per head, before RoPE (OLMo 2, Qwen 3)
   # 'sp' (standard: GPT-2's init, one learning rate) or 'mup', the maximal update
   # parametrization for Adam (Yang et al. 2022), with m = d_model / mup_base_width: the
   # blocks' matrices start at init_std / sqrt(m) and learn at lr / m, the logits are

@@ -14,6 +14,9 @@ RULES = (
   ('batch', ('data', 'fsdp')),
   ('vocab', 'tensor'),
   ('heads', 'tensor'),
+  # Grouped-query attention's key/value heads: split too, unless they are too few to divide
+  # the axis (then replicated; sharding.model_rules decides, and the planner says so).
+  ('kv_heads', 'tensor'),
   ('mlp', 'tensor'),
   ('embed', 'fsdp'),
   ('length', None),

@@ -1,4 +1,4 @@
-"""Model size presets: (num_layers, d_model, num_heads, seq_len)."""
+"""Model size presets: (num_layers, d_model, num_heads, seq_len), and Llama-style shapes."""
 
 from jaxgpt.errors import UserError
 
@@ -21,6 +21,21 @@ GPT2 = {
   '1.5b': (48, 1600, 25, 1024),
 }
 
+# Llama-architecture models with a 32,000-piece vocabulary, as released (their Hugging Face
+# configs): RoPE, RMSNorm, SwiGLU, no biases, untied output head.
+# - 150m: AMD-Llama-135m (AMD 2024), 12 x 768, SwiGLU 2048 (Llama's 8/3 rule);
+# - 1b: TinyLlama 1.1B (Zhang et al. 2024), 22 x 2048 with 4 key/value heads;
+# - 7b: Llama 2 7B (Touvron et al. 2023), 32 x 4096, SwiGLU 11008.
+LLAMA = {
+  '150m': dict(
+    num_layers=12, d_model=768, num_heads=12, num_kv_heads=0, mlp_dim=2048, seq_len=2048
+  ),
+  '1b': dict(num_layers=22, d_model=2048, num_heads=32, num_kv_heads=4, mlp_dim=5632, seq_len=2048),
+  '7b': dict(
+    num_layers=32, d_model=4096, num_heads=32, num_kv_heads=0, mlp_dim=11008, seq_len=4096
+  ),
+}
+
 # The sizes the papers publish, to check our counts against. GPT-2's paper (table 2) lists
 # 117M/345M/762M/1542M from a miscount; the released models are 124M/355M/774M/1558M, and
 # the preset names follow them. 1.5b is checked against the paper's 1542M.
@@ -34,6 +49,9 @@ PUBLISHED = {
     '6.7b': 6.7e9,
   },
   'gpt2': {'124m': 124e6, '355m': 355e6, '774m': 774e6, '1.5b': 1542e6},
+  # AMD's model card: 135M; TinyLlama's paper: 1.1B; Llama 2's released 7B: 6.74B
+  # (6,738,415,616 weights in its checkpoint).
+  'llama': {'150m': 135e6, '1b': 1.1e9, '7b': 6.74e9},
 }
 
 

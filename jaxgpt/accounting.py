@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+from jaxgpt import architecture
 from jaxgpt import metrics
 from jaxgpt import model as model_lib
 
@@ -20,7 +21,7 @@ def counts(cfg: model_lib.ModelConfig) -> dict:
   """Parameter counts of a model and its training FLOPs per token. Non-embedding leaves
   out the token and position tables and an untied output head, as Kaplan et al. (2020) do."""
   total = model_lib.param_count(cfg)
-  tables = (cfg.vocab_size + cfg.seq_len) * cfg.d_model
+  tables = cfg.vocab_size * cfg.d_model + architecture.position_params(cfg)
   head = 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
   return {
     'params': total,

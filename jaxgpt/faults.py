@@ -108,6 +108,12 @@ ADDED = {
   'model.attention_impl': 'auto',
   'model.parametrization': 'sp',
   'model.mup_base_width': 256,
+  'model.position': 'learned',
+  'model.rope_theta': 10_000.0,
+  'model.norm': 'layernorm',
+  'model.mlp': 'gelu',
+  'model.num_kv_heads': 0,
+  'model.qk_norm': False,
   'data.tokenizer.vocab_path': '',
   'data.tokenizer.merges_path': '',
 }

@@ -172,6 +172,17 @@ def export_hf(config, workdir: str, out_dir: str, step: int | None = None) -> st
       f"--mode=export_hf: this run is model.parametrization='{model_cfg.parametrization}', "
       "whose logit and attention multipliers GPT-2's layout has no place for; export an 'sp' run"
     )
+  gpt2 = {'position': 'learned', 'norm': 'layernorm', 'mlp': 'gelu', 'qk_norm': False}
+  differ = [
+    f'model.{k}={getattr(model_cfg, k)!r}' for k, v in gpt2.items() if getattr(model_cfg, k) != v
+  ]
+  if model_cfg.kv_heads != model_cfg.num_heads:
+    differ.append(f'model.num_kv_heads={model_cfg.num_kv_heads}')
+  if differ:
+    raise UserError(
+      f"--mode=export_hf writes GPT-2's architecture, and this run has {', '.join(differ)}: "
+      'only runs with the default decoder options export'
+    )
   if jax.process_count() > 1:  # every process's shards, gathered
     from jax.experimental import multihost_utils
 

@@ -19,6 +19,8 @@ from jaxgpt import model as model_lib
 from jaxgpt.errors import UserError
 
 TARGETS = ('qkv', 'out', 'fc_in', 'fc_out')  # the dense layers that can take adapters
+TARGET_OF = {'q': 'qkv', 'kv': 'qkv'}  # grouped-query attention's two projections are 'qkv'
+
 TRAINABLE = ('head', 'last_k', 'all', 'lora')
 
 
@@ -55,7 +57,7 @@ def adapters(spec: Adapters | None, deterministic: bool = True):
     if (
       context.method_name != '__call__'
       or not isinstance(module, model_lib.Dense)
-      or module.name not in spec.targets
+      or TARGET_OF.get(module.name, module.name) not in spec.targets
     ):
       return y
     return y + _delta(module, args[0], spec, deterministic).reshape(y.shape)
@@ -121,9 +123,18 @@ def predicate(trainable: str, cfg: model_lib.ModelConfig, last_k: int = 1, prefi
 
 def adapter_count(cfg: model_lib.ModelConfig, spec: Adapters) -> int:
   """Closed form of the LoRA params: rank * (fan-in + fan-out) per adapted layer."""
-  d, f = cfg.d_model, cfg.mlp_dim
-  fans = {'qkv': (d, 3 * d), 'out': (d, d), 'fc_in': (d, f), 'fc_out': (f, d)}
-  return cfg.num_layers * sum(spec.rank * sum(fans[t]) for t in spec.targets)
+  d, f, k = cfg.d_model, cfg.mlp_dim, cfg.head_dim
+  qkv = [(d, 3 * d)]
+  if cfg.kv_heads != cfg.num_heads:
+    qkv = [(d, d), (d, 2 * cfg.kv_heads * k)]  # the 'q' and 'kv' layers
+  fans = {
+    'qkv': qkv,
+    'out': [(d, d)],
+    'fc_in': [(d, f * (2 if cfg.mlp == 'swiglu' else 1))],
+    'fc_out': [(f, d)],
+  }
+  per_layer = sum(spec.rank * (a + b) for t in spec.targets for a, b in fans[t])
+  return cfg.num_layers * per_layer
 
 
 def merge_adapters(params: dict, spec: Adapters, scan_layers: bool) -> dict:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import devices
+from jaxgpt import architecture
 from jaxgpt import tracking
 from jaxgpt import model as model_lib
 
@@ -25,8 +26,9 @@ log = logging.getLogger('jaxgpt')
 def flops_per_token(cfg: model_lib.ModelConfig, frozen: int = 0) -> float:
   """6N + 12 * layers * width * seq_len (N without the position table). `frozen` params
   get no weight gradients: 2 FLOPs per token fewer each (their forward and input
-  gradients still run)."""
-  n = model_lib.param_count(cfg) - cfg.seq_len * cfg.d_model
+  gradients still run). Attention's term counts query heads: grouped keys and values
+  shrink the projections (in N), not the products of queries with keys."""
+  n = model_lib.param_count(cfg) - architecture.position_params(cfg)
   return 6.0 * n - 2.0 * frozen + 12.0 * cfg.num_layers * cfg.d_model * cfg.seq_len
 
 

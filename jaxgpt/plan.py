@@ -168,6 +168,7 @@ def plan(config, topology: str, device_memory_gb: float = 0.0, build_run=None) -
     'peak_flops_per_device': peak,
     'scan_layers': model_cfg.scan_layers,
     'loss_chunks': model_cfg.loss_chunks,
+    'micro_batches': config.execution.micro_batches,
   }
   step = _compiled(config, run, capacity, params + optimizer)
   report['bytes_per_device'].update(temporaries=step['temporaries'], total=step['total'])
@@ -176,6 +177,11 @@ def plan(config, topology: str, device_memory_gb: float = 0.0, build_run=None) -
     report['flops_per_device']['xla'] = step['xla_flops']
   report['collectives'] = step.get('collectives', {})
   report['attention'] = model_cfg.attention
+  report['kv_heads'] = {
+    'heads': model_cfg.num_heads,
+    'kv_heads': model_cfg.kv_heads,
+    'note': sharding.kv_heads_note(config.mesh, mesh, model_cfg),
+  }
   if model_cfg.attention in ('splash', 'cudnn'):
     # The fused kernel's saving, measured: the same step with the einsum path compiled beside.
     einsum = config.copy_and_resolve_references()
@@ -235,11 +241,13 @@ def table(r: dict) -> str:
         f'(x{flops["xla"] / max(flops["model"], 1):.2f})',
       )
     )
-    loops = (['the scanned layers'] if r['scan_layers'] else []) + (
-      [f"the loss's {r['loss_chunks']} chunks"] if r['loss_chunks'] > 1 else []
+    loops = (
+      ([f'the {r["micro_batches"]} micro-batches'] if r.get('micro_batches', 1) > 1 else [])
+      + (['the scanned layers'] if r['scan_layers'] else [])
+      + ([f"the loss's {r['loss_chunks']} chunks"] if r['loss_chunks'] > 1 else [])
     )
     if loops:
-      rows.append(('', f"XLA's count has one pass of each loop: {' and '.join(loops)}"))
+      rows.append(('', f"XLA's count has one pass of each loop: {', '.join(loops)}"))
   else:
     rows.append(
       (
@@ -252,6 +260,10 @@ def table(r: dict) -> str:
   for kind, c in sorted(r['collectives'].items()):
     rows.append((f'  {kind}', f'{c["count"]} ops, {gib(c["bytes"])}'))
   rows.append(('attention', r['attention']))
+  kv = r['kv_heads']
+  if kv['kv_heads'] != kv['heads']:
+    split = kv['note'] or 'split like the query heads'
+    rows.append(('key/value heads', f'{kv["kv_heads"]} for {kv["heads"]} query heads: {split}'))
   einsum = r.get('einsum_attention')
   if einsum:
     fits = ('yes' if einsum['fits'] else 'NO') if cap else 'n/a'

@@ -83,11 +83,11 @@ def build(
 ) -> Run:
   """The Run of `model` on `mesh`: param shardings from config.mesh's rules, the
   optimizer state's from the params'."""
-  rules = sharding.rules(config.mesh)
+  rules = sharding.model_rules(config.mesh, mesh, model.cfg)
   rng = jax.eval_shape(jax.random.key, 0)  # abstract: the mesh may be a remote topology's
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_fn, rng)
-  param_sh = sharding.logical_shardings(boxed, mesh, config.mesh)
+  param_sh = sharding.logical_shardings(boxed, mesh, rules)
   params = trees.strip_boxes(boxed)
   sharding.check_divisible(params, param_sh)
   opt_state = jax.eval_shape(tx.init, params)

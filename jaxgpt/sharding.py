@@ -64,6 +64,40 @@ def rules(mesh_cfg):
   )
 
 
+def model_rules(mesh_cfg, mesh: Mesh, cfg) -> tuple:
+  """config.mesh's rules for the model `cfg` on `mesh`: its key/value heads (grouped-query
+  attention) split as the rules say where they divide those mesh axes, else replicated
+  (`kv_heads_note` says so)."""
+  return tuple(
+    (name, None if name == 'kv_heads' and _kv_heads_replicated(axes, mesh, cfg) else axes)
+    for name, axes in rules(mesh_cfg)
+  )
+
+
+def _kv_heads_replicated(axes, mesh: Mesh, cfg) -> bool:
+  if axes is None or cfg.kv_heads == cfg.num_heads:
+    return False
+  return cfg.kv_heads % _axes_size(mesh, axes) != 0
+
+
+def _axes_size(mesh: Mesh, axes) -> int:
+  axes = (axes,) if isinstance(axes, str) else axes
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def kv_heads_note(mesh_cfg, mesh: Mesh, cfg) -> str:
+  """A sentence when the model's key/value heads are replicated over mesh axes that its
+  query heads split over; '' otherwise."""
+  axes = dict(rules(mesh_cfg)).get('kv_heads')
+  if not _kv_heads_replicated(axes, mesh, cfg):
+    return ''
+  return (
+    f'model.num_kv_heads={cfg.kv_heads} does not divide mesh axes {axes} '
+    f'({_axes_size(mesh, axes)} devices): the key/value projection is replicated there, '
+    'while the query heads stay split'
+  )
+
+
 def batch_parallelism(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
@@ -94,10 +128,10 @@ def rows(mesh: Mesh) -> tuple[NamedSharding, int]:
   return NamedSharding(mesh, P()), 1
 
 
-def logical_shardings(boxed_tree, mesh: Mesh, mesh_cfg):
+def logical_shardings(boxed_tree, mesh: Mesh, logical_rules: tuple):
   """NamedShardings for a tree of nn.Partitioned (abstract) values."""
   specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules(mesh_cfg))
+  return nn.logical_to_mesh_sharding(specs, mesh, logical_rules)
 
 
 def check_divisible(abstract_tree, shardings):

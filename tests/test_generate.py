@@ -23,29 +23,39 @@ def _init(cfg):
   return m, jax.device_put(params)
 
 
+# Llama's parts (RoPE, RMSNorm, SwiGLU, no biases) with grouped-query attention and QK-norm;
+# and multi-query attention with scanned layers.
+LLAMA = dict(position='rope', norm='rmsnorm', mlp='swiglu', use_bias=False, num_kv_heads=2)
+MQA = dict(position='rope', num_kv_heads=1, qk_norm=True, scan_layers=True)
+
+
 @pytest.mark.parametrize(
   'overrides',
-  [{}, {'scan_layers': True, 'remat': 'full'}, {'use_bias': False, 'tie_embeddings': False}],
+  [
+    {},
+    {'scan_layers': True, 'remat': 'full'},
+    {'use_bias': False, 'tie_embeddings': False},
+    dict(LLAMA, qk_norm=True),
+    MQA,
+  ],
 )
 def test_cached_logits_equal_full_forward_at_every_position(overrides):
   cfg = dataclasses.replace(CFG, **overrides)
   m, params = _init(cfg)
+  decode = jax.jit(lambda p, t, c, n: m.apply({'params': p}, t, c, n, method='decode'))
   tokens = np.asarray(jax.random.randint(jax.random.key(3), (3, cfg.seq_len), 3, cfg.vocab_size))
   prompt_lengths = np.array([1, 7, 13])  # rows of different lengths share the batch
   # Prefill: the prompts right-padded with junk that must not leak into any logits.
   padded = np.where(np.arange(13) < prompt_lengths[:, None], tokens[:, :13], 5)
   cache = model_lib.init_cache(cfg, 3)
-  logits, cache = m.apply({'params': params}, padded, cache, jnp.zeros(3, int), method='decode')
+  assert cache_heads(cache) == cfg.kv_heads  # the cache holds key/value heads only
+  logits, cache = decode(params, padded, cache, jnp.zeros(3, int))
   cached = [[logits[b, t] for t in range(n)] for b, n in enumerate(prompt_lengths)]
   lengths = prompt_lengths.copy()
   while lengths.min() < cfg.seq_len:  # then one token at a time, all rows together
     step_tokens = tokens[np.arange(3), np.minimum(lengths, cfg.seq_len - 1)][:, None]
-    logits, cache = m.apply(
-      {'params': params},
-      step_tokens,
-      cache,
-      jnp.asarray(np.minimum(lengths, cfg.seq_len - 1)),
-      method='decode',
+    logits, cache = decode(
+      params, step_tokens, cache, jnp.asarray(np.minimum(lengths, cfg.seq_len - 1))
     )
     for b in np.flatnonzero(lengths < cfg.seq_len):
       cached[b].append(logits[b, 0])
@@ -55,8 +65,14 @@ def test_cached_logits_equal_full_forward_at_every_position(overrides):
     np.testing.assert_allclose(np.stack(cached[b]), full[b], atol=1e-5, rtol=0)
 
 
-def _generator(s: generate.Sampling, eod=EOD):
-  m, params = _init(CFG)
+def cache_heads(cache) -> int:
+  """The head axis of a cache's key array: B x G x S x K, after a layer axis when scanned."""
+  keys = jax.tree.leaves(cache)[0]
+  return keys.shape[-3]
+
+
+def _generator(s: generate.Sampling, eod=EOD, cfg=CFG):
+  m, params = _init(cfg)
   mesh = jax.sharding.Mesh(jax.devices()[:1], ('data',))
   return generate.Generator(m, params, mesh, s, eod_id=eod, pad_id=PAD)
 
@@ -77,6 +93,15 @@ def test_cached_and_uncached_decoding_draw_the_same_tokens(s):
   cached = gen.generate(PROMPTS)
   assert cached == gen.generate_uncached(PROMPTS)
   assert [len(x) for x in cached] == [s.max_new_tokens] * len(PROMPTS)
+
+
+def test_grouped_query_decoding_draws_as_the_full_forward_pass():
+  gen = _generator(
+    generate.Sampling(12, 1.0, top_k=20, seed=2), cfg=dataclasses.replace(CFG, **LLAMA)
+  )
+  cached = gen.generate(PROMPTS)
+  assert cached == gen.generate_uncached(PROMPTS)
+  assert [len(x) for x in cached] == [12] * len(PROMPTS)
 
 
 def test_sampling_is_reproducible_from_a_seed():

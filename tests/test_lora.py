@@ -58,9 +58,24 @@ def test_trainable_count_matches_the_closed_form(overrides):
   assert trees.count(frozen) == model_lib.param_count(cfg)
 
 
-@pytest.mark.parametrize('scan', [False, True])
-def test_merged_logits_equal_adapter_logits(scan):
-  cfg = dataclasses.replace(CFG, scan_layers=scan)
+# 2 query heads share 1 key/value head.
+LLAMA = dict(position='rope', norm='rmsnorm', mlp='swiglu', use_bias=False, num_kv_heads=1)
+
+
+def test_llama_parts_take_adapters_on_every_target():
+  """Grouped-query attention's q and kv layers are the 'qkv' target; SwiGLU's fc_in is one
+  D x 2F layer: rank * (fan-in + fan-out) each."""
+  cfg = dataclasses.replace(CFG, **LLAMA)
+  trainable, frozen = trees.split(_params(cfg), lora.predicate('lora', cfg))
+  d, f, r, k = cfg.d_model, cfg.mlp_dim, SPEC.rank, cfg.head_dim
+  per_layer = r * ((d + d) + (d + 2 * k) + (d + d) + (d + 2 * f) + (f + d))
+  assert trees.count(trainable) == cfg.num_layers * per_layer == lora.adapter_count(cfg, SPEC)
+  assert trees.count(frozen) == model_lib.param_count(cfg)
+
+
+@pytest.mark.parametrize('scan, model', [(False, {}), (True, {}), (False, LLAMA)])
+def test_merged_logits_equal_adapter_logits(scan, model):
+  cfg = dataclasses.replace(CFG, scan_layers=scan, **model)
   params = _params(cfg)
   tokens = jax.random.randint(jax.random.key(2), (2, cfg.seq_len), 0, cfg.vocab_size)
   with lora.adapters(SPEC):

@@ -10,7 +10,7 @@ from jaxgpt import model as model_lib
 from jaxgpt import train
 from jaxgpt.errors import UserError
 from configs import models
-from experiments import gpt2, gpt3
+from experiments import gpt2, gpt3, llama
 from tests.helpers import tiny_config
 
 
@@ -49,6 +49,19 @@ def test_presets_match_published_sizes(family, preset):
   cfg = model_lib.ModelConfig.from_config(experiment.get_config(preset))
   assert cfg.vocab_size == 50304 and cfg.seq_len == (1024 if family == 'gpt2' else 2048)
   assert abs(model_lib.param_count(cfg) / models.PUBLISHED[family][preset] - 1) < 0.02
+
+
+@pytest.mark.parametrize(
+  'preset, released',
+  # The released checkpoints' weight counts (their Hugging Face configs, counted).
+  [('150m', 134_105_856), ('1b', 1_100_048_384), ('7b', 6_738_415_616)],
+)
+def test_llama_presets_match_published_sizes(preset, released):
+  cfg = model_lib.ModelConfig.from_config(llama.get_config(preset))
+  assert cfg.vocab_size == 32000 and not cfg.tie_embeddings and not cfg.use_bias
+  assert (cfg.position, cfg.norm, cfg.mlp) == ('rope', 'rmsnorm', 'swiglu')
+  assert model_lib.param_count(cfg) == released
+  assert abs(model_lib.param_count(cfg) / models.PUBLISHED['llama'][preset] - 1) < 0.01
 
 
 def test_unknown_preset_names_the_choices():

@@ -51,6 +51,34 @@ def test_first_losses_agree_across_meshes(corpus_dir):
   assert reference[2] < reference[0]  # and they are training, not constant
 
 
+@pytest.mark.parametrize(
+  'model, shapes',
+  [
+    # Llama's parts, QK-norm and 2 key/value heads: split over tensor=2, replicated over 4.
+    (
+      dict(
+        position='rope', norm='rmsnorm', mlp='swiglu', use_bias=False, num_kv_heads=2, qk_norm=True
+      ),
+      [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4), (4, 1, 2)],
+    ),
+    (dict(position='rope', num_kv_heads=1), [(2, 2, 2), (2, 1, 4)]),  # multi-query
+  ],
+  ids=['llama', 'multi-query'],
+)
+def test_first_losses_agree_across_meshes_with_the_decoder_options(corpus_dir, model, shapes):
+  def losses(shape):
+    config = tiny_config(corpus_dir)
+    config.model.update(model)
+    config.optim.lr = 1e-2  # one batch three times at a high rate: the fall shows in 3 steps
+    batch = random_batch(config.train.batch_size, config.model.seq_len, 300)
+    return _losses(config, shape, batches=[batch] * 3)[0]
+
+  reference = losses((1, 1, 1))
+  for shape in shapes:
+    np.testing.assert_allclose(losses(shape), reference, rtol=0, atol=1e-5, err_msg=str(shape))
+  assert reference[2] < reference[0]
+
+
 def test_gradient_accumulation_equals_full_batch(corpus_dir):
   full, full_params = _losses(tiny_config(corpus_dir), (2, 2, 2))
   accum, accum_params = _losses(tiny_config(corpus_dir, micro_batches=2), (2, 2, 2))
