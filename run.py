@@ -67,10 +67,11 @@ flags.DEFINE_enum(
   'sample: continue prompts with a checkpoint (KV-cache decoding). plan: '
   'compile the train step for --topology and report memory, FLOPs and '
   'collectives without running it. predict: label --input_file with a '
-  'classification fine-tune. export: write an instruction fine-tune with its '
+  'classification fine-tune. export: write an instruction or DPO fine-tune with its '
   'adapters merged as a plain checkpoint in WORKDIR/merged. import: read the Hugging Face '
   'GPT-2 checkpoint in --hf_path as step 0 of a run in --workdir. export_hf: write the run '
-  '(an instruction fine-tune with its adapters merged) as a Hugging Face GPT-2 in --out. '
+  '(an instruction or DPO fine-tune with its adapters merged) as a Hugging Face GPT-2 in '
+  '--out. '
   "lm_eval: score the run's latest checkpoint on lm-evaluation-harness tasks. sweep: "
   "train the experiment's get_sweep() runs in WORKDIR/runs (or print their commands, or "
   'write a Slurm array: --sweep_launch), then tabulate, fit scaling laws, plot and run '
@@ -176,7 +177,7 @@ def main(argv):
     if tuning and FLAGS.mode not in ('train', 'predict', 'export', 'export_hf', 'plan'):
       raise UserError(
         f'--mode={FLAGS.mode} is for pretraining runs; a fine-tune trains, plans, '
-        'predicts (classification) or exports (instructions)'
+        'predicts (classification) or exports (instructions, DPO)'
       )
     if not tuning and FLAGS.mode in ('predict', 'export'):
       raise UserError(

@@ -51,6 +51,15 @@ def finetune_config(task: str) -> ml_collections.ConfigDict:
   f.prompt_template_no_input = ALPACA_NO_INPUT  # when a record's input is empty or absent
   f.packed = False  # pack several examples per row (segments keep them apart)
   f.num_generate = 0  # held-out responses generated after training (0: all)
+  # preference pairs (train.kind='dpo'): a record holds a prompt (used as it is) or an
+  # instruction and optional input (put in the templates above), and two responses
+  f.prompt_field = 'prompt'
+  f.chosen_field = 'chosen'
+  f.rejected_field = 'rejected'
+  f.dpo = ml_collections.ConfigDict()
+  f.dpo.beta = 0.1  # how far from the reference the policy may move (the KL penalty's weight)
+  # The conservative variant: the share of pairs assumed mislabelled (0: plain DPO)
+  f.dpo.label_smoothing = 0.0
   return f
 
 
@@ -68,4 +77,9 @@ def get_config(task: str) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0
   c.eval.temperature = 0.0  # held-out responses: greedy
   c.eval.sample_tokens = 64
+  if task == 'dpo':
+    # Preference tuning moves a model a little from where it starts: a lower rate than
+    # supervised tuning (Rafailov et al.: 1e-6 for whole models; adapters take more).
+    c.optim.lr = 1e-4
+    c.optim.min_lr = 1e-5
   return c

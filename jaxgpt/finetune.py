@@ -1,4 +1,5 @@
-"""Fine-tuning a pretrained checkpoint: text classification and instruction following.
+"""Fine-tuning a pretrained checkpoint: text classification, instruction following and
+preference tuning (DPO, jaxgpt/dpo.py).
 
 The pretrained run (finetune.base_workdir) gives the model's shape, the tokenizer and the
 initial params. A fine-tune is configuration of the one train step: `build_run` makes its
@@ -14,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ import numpy as np
 
 from jaxgpt import checkpoint as checkpoint_lib
 from jaxgpt import classifier
+from jaxgpt import dpo
 from jaxgpt import faults
 from jaxgpt import finetune_eval
 from jaxgpt import loss as loss_lib
@@ -90,12 +93,7 @@ def with_base_model(config, base: Base):
 def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.Run:
   """The fine-tune's Run: its model, its loss and an optimizer that freezes what does not
   train. Its state holds every param; checkpoints hold the trainable ones."""
-  fc = config.finetune
-  if config.train.kind == 'instruct' and fc.trainable == 'head':
-    raise UserError(
-      'finetune.trainable=head is for classification; an instruction fine-tune '
-      'trains last_k, all or lora'
-    )
+  fc = check_fields(config)
   cfg = model_lib.ModelConfig.from_config(config, vocab_size)
   cfg = model_lib.on_platform(cfg, sharding.platform(mesh))
   spec = lora.of_finetune(fc)
@@ -104,6 +102,14 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
     model = classifier.Classifier(cfg, num_classes)
     task_loss, task_init = classifier.loss, classifier.init_fn(model)
     batch_shapes = functools.partial(classifier.batch_shapes, cfg.seq_len)
+  elif config.train.kind == 'dpo':
+    model = model_lib.Transformer(cfg)
+    d = fc.dpo
+    task_loss = lambda m, params, batch, rng: dpo.loss(
+      m, params, batch, rng, d.beta, d.label_smoothing
+    )
+    task_init = runstate.init_fn(model)
+    batch_shapes = functools.partial(dpo.batch_shapes, cfg.seq_len)
   else:
     model = model_lib.Transformer(cfg)
     tc = config.train
@@ -132,6 +138,29 @@ def build_run(config, mesh, vocab_size: int, num_classes: int = 0) -> runstate.R
   return dataclasses.replace(
     run, flops_per_token=metrics_lib.flops_per_token(cfg, trees.count(frozen))
   )
+
+
+def check_fields(config):
+  """config.finetune's choices that can be wrong whatever the data; returns it."""
+  fc = config.finetune
+  if config.train.kind != 'classify' and fc.trainable == 'head':
+    raise UserError(
+      f'finetune.trainable=head is for classification; a {config.train.kind} fine-tune '
+      'trains last_k, all or lora'
+    )
+  lora.of_finetune(fc)
+  if config.train.kind == 'dpo':
+    check_dpo(fc.dpo)
+  return fc
+
+
+def check_dpo(d):
+  if d.beta <= 0 or not 0 <= d.label_smoothing < 0.5:
+    raise UserError(
+      f'finetune.dpo.beta={d.beta} must be positive (0.1 is usual) and '
+      f'finetune.dpo.label_smoothing={d.label_smoothing} in [0, 0.5) (0: plain DPO)'
+    )
+  return d
 
 
 def trainable_of(config, cfg: model_lib.ModelConfig):
@@ -185,6 +214,14 @@ def prepare(config, workdir, base: Base):
       with open(os.path.join(workdir, 'labels.json'), 'w') as f:
         json.dump(labels, f)
     return splits, arrays, labels
+  if config.train.kind == 'dpo':
+    splits = fdata.split_records(fc, fc.chosen_field)
+    arrays = {
+      k: fdata.encode_preferences(fdata.preference_examples(v, tok, fc), seq_len, tok.pad_id, k)
+      for k, v in splits.items()
+      if v
+    }
+    return splits, arrays, None
   splits = fdata.split_records(fc, fc.instruction_field)
   examples = {k: fdata.instruction_examples(v, tok, fc) for k, v in splits.items() if v}
   for name, split in examples.items():
@@ -203,6 +240,23 @@ def prepare(config, workdir, base: Base):
     for k, v in examples.items()
   }
   return splits, arrays, None
+
+
+def add_reference(config, run: runstate.Run, params, arrays: dict):
+  """Each split's pairs get the reference's summed log-probs ('reference', n x 2): the
+  starting point's, adapters (fresh, so a no-op) folded in. Called under run.context()."""
+  start = time.perf_counter()
+  plain = finetune_eval.plain_params(config, run)(params)
+  logps_fn = dpo.make_logps_fn(run.model, run.mesh)
+  for split in arrays.values():
+    split['reference'] = dpo.reference_logps(
+      logps_fn, plain, split, config.train.batch_size, run.mesh
+    )
+  log.info(
+    "the reference's log-probs of %d pairs, from the starting point: %.1f s",
+    sum(len(s['reference']) for s in arrays.values()),
+    time.perf_counter() - start,
+  )
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -226,7 +280,7 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
       lambda step: ckpt.restore_json(step, 'config'), with_data=True, set_aside=True
     )
     faults.check_resumable(config, saved, workdir)
-  lora.of_finetune(config.finetune)  # its fields are checked before the data is read
+  check_fields(config)  # before the data is read
   splits, arrays, labels = prepare(config, workdir, base)
   if len(arrays['train']['weights']) < tc.batch_size:
     raise UserError(
@@ -249,12 +303,19 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
     )
     if latest >= tc.steps:
       log.info('the run in %s is complete (step %d of %d)', workdir, latest, tc.steps)
+  params = None
+  if config.train.kind == 'dpo':
+    with run.context():
+      params = initial_params(config, run, base, tc.seed)
+      add_reference(config, run, params, arrays)
   source = fdata.ArraySource(arrays['train'], f'{config.train.kind}-train')
   data_iter = iter(
     loader.batch_loader(source, tc.batch_size, tc.seed, jax.process_index(), jax.process_count())
   )
   with run.context():
-    state = run.init_state(params=initial_params(config, run, base, tc.seed))
+    if params is None:
+      params = initial_params(config, run, base, tc.seed)
+    state = run.init_state(params=params)
     if latest is not None:
       restore = lambda step: ckpt.restore(step, saved_abstract, data_iter)
       latest, restored = ckpt.newest_intact(restore, with_data=True, set_aside=True)
@@ -263,10 +324,13 @@ def _train_and_evaluate(config, workdir: str, base: Base, mesh) -> dict:
     writer = metrics_lib.Writer(
       workdir, enabled=jax.process_index() == 0, start_step=latest or 0, config=config
     )
-    evaluate_cls = (
-      finetune_eval.ClassifyEval if config.train.kind == 'classify' else finetune_eval.InstructEval
-    )
-    evaluator = evaluate_cls(config, run, base, arrays, labels)
+    if config.train.kind == 'dpo':
+      initial = lambda: initial_params(config, run, base, tc.seed)
+      evaluator = finetune_eval.DpoEval(config, run, base, arrays, initial)
+    elif config.train.kind == 'classify':
+      evaluator = finetune_eval.ClassifyEval(config, run, base, arrays, labels)
+    else:
+      evaluator = finetune_eval.InstructEval(config, run, base, arrays, labels)
     run_eval = lambda params, step: evaluator.during_training(params, step, writer)
     save = lambda step, st: ckpt.save(
       step, saved_view(st, is_trainable), data_iter, config, base.tokenizer
@@ -344,12 +408,13 @@ def predict(config, workdir: str, input_file: str) -> list[dict]:
 
 
 def export(config, workdir: str) -> str:
-  """Writes the instruction-tuned model, adapters merged into its kernels, as a plain
-  pretraining checkpoint in WORKDIR/merged (for --mode=sample/eval with the base config)."""
+  """Writes the instruction- or preference-tuned model, adapters merged into its kernels,
+  as a plain pretraining checkpoint in WORKDIR/merged (for --mode=sample/eval with the
+  base config, or as the base of another fine-tune)."""
   fc = config.finetune
-  if config.train.kind != 'instruct':
+  if config.train.kind not in ('instruct', 'dpo'):
     raise UserError(
-      '--mode=export writes a plain language model: it is for instruction '
+      '--mode=export writes a plain language model: it is for instruction and preference '
       "fine-tunes (a classifier's head has no place in one)"
     )
   base = open_base(fc)

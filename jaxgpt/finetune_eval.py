@@ -1,5 +1,6 @@
-"""What a fine-tune reports: classification accuracy and per-class metrics, or held-out
-response loss and generated responses."""
+"""What a fine-tune reports: classification accuracy and per-class metrics; held-out
+response loss and generated responses; held-out preference metrics and generations before
+and after preference tuning."""
 
 import logging
 import os
@@ -8,6 +9,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxgpt import dpo
 from jaxgpt import evaluate as evaluate_lib
 from jaxgpt import generate as generate_lib
 from jaxgpt import lora
@@ -126,20 +128,11 @@ class InstructEval:
       'step': step,
       'val': self.during_training(params, step, metrics_lib.Writer(workdir, False)),
     }
-    held_out = splits['test'] or splits['val']
-    if fc.num_generate:
-      held_out = held_out[: fc.num_generate]
-    tok = self.base.tokenizer
-    settings = generate_lib.Sampling.from_config(self.config.eval)
-    gen = generate_lib.Generator(
-      self.run.model, self._plain(params), self.run.mesh, settings, tok.eod_id, tok.pad_id
-    )
+    held_out = held_out_records(fc, splits)
     prompts = [fdata.prompt_of(r, fc) for r in held_out]
-    responses = []
-    batch = self.config.train.batch_size
-    for start in range(0, len(prompts), batch):
-      new = gen.generate([tok.encode(p) for p in prompts[start : start + batch]])
-      responses += [tok.decode([t for t in ids if t != tok.eod_id]) for ids in new]
+    responses = generate_responses(
+      self.config, self.run, self._plain(params), self.base.tokenizer, prompts
+    )
     metrics_lib.write_jsonl(
       os.path.join(workdir, 'responses.jsonl'),
       [
@@ -153,4 +146,86 @@ class InstructEval:
       ],
     )
     result['responses'] = len(responses)
+    return result
+
+
+def held_out_records(fc, splits) -> list:
+  """The records whose prompts get responses at the end: the test split's, else the
+  validation split's, at most finetune.num_generate (0: all)."""
+  held_out = splits['test'] or splits['val']
+  return held_out[: fc.num_generate] if fc.num_generate else held_out
+
+
+def generate_responses(config, run, plain_params, tok, prompts: list[str]) -> list[str]:
+  """Each prompt's response by config.eval's sampling, up to the end-of-document id."""
+  settings = generate_lib.Sampling.from_config(config.eval)
+  gen = generate_lib.Generator(run.model, plain_params, run.mesh, settings, tok.eod_id, tok.pad_id)
+  responses = []
+  batch = config.train.batch_size
+  for start in range(0, len(prompts), batch):
+    new = gen.generate([tok.encode(p) for p in prompts[start : start + batch]])
+    responses += [tok.decode([t for t in ids if t != tok.eod_id]) for ids in new]
+  return responses
+
+
+class DpoEval:
+  """Held-out pairs' DPO loss, reward accuracy and margin while training; at the end, the
+  held-out prompts' responses from the starting point and from the tuned model. Called
+  under run.context(); `initial()` gives the starting params again."""
+
+  def __init__(self, config, run, base, arrays, initial):
+    self.config, self.run, self.base, self.arrays, self.initial = config, run, base, arrays, initial
+    self._plain = plain_params(config, run)
+    d = config.finetune.dpo
+    self._eval = dpo.make_eval_fn(run.model, run.mesh, d.beta, d.label_smoothing)
+
+  def during_training(self, params, step, writer):
+    result = dpo.evaluate(
+      self._eval,
+      self._plain(params),
+      self.arrays['val'],
+      self.config.train.batch_size,
+      self.run.mesh,
+    )
+    writer.write(step, 'eval', result)
+    log.info(
+      'eval step %d | held-out pairs %d | dpo loss %.4f | reward accuracy %.3f | margin %.3f '
+      '(chosen %.3f, rejected %.3f)',
+      step,
+      result['pairs'],
+      result['loss'],
+      result['reward_accuracy'],
+      result['reward_margin'],
+      result['chosen_reward'],
+      result['rejected_reward'],
+    )
+    return result
+
+  def final(self, params, step, workdir, splits):
+    fc = self.config.finetune
+    result = {
+      'step': step,
+      'val': self.during_training(params, step, metrics_lib.Writer(workdir, False)),
+    }
+    held_out = held_out_records(fc, splits)
+    prompts = [fdata.preference_prompt(r, fc) for r in held_out]
+    tok = self.base.tokenizer
+    after = generate_responses(self.config, self.run, self._plain(params), tok, prompts)
+    before = generate_responses(self.config, self.run, self._plain(self.initial()), tok, prompts)
+    rows = [
+      {
+        'prompt': prompt,
+        'chosen': r.fields.get(fc.chosen_field),
+        'rejected': r.fields.get(fc.rejected_field),
+        'before': b,
+        'after': a,
+      }
+      for r, prompt, b, a in zip(held_out, prompts, before, after)
+    ]
+    for row in rows[:3]:
+      log.info(
+        'held-out prompt %r\n  before: %r\n  after:  %r', row['prompt'], row['before'], row['after']
+      )
+    metrics_lib.write_jsonl(os.path.join(workdir, 'generations.jsonl'), rows)
+    result['generations'] = len(rows)
     return result

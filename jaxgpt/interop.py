@@ -153,7 +153,7 @@ def export_hf(config, workdir: str, out_dir: str, step: int | None = None) -> st
       '--mode=export_hf writes a language model (GPT2LMHeadModel): a classification '
       "fine-tune's head has no place in one; export its base run instead"
     )
-  if config.train.kind == 'instruct':  # the adapters merged into a plain checkpoint first
+  if config.train.kind in ('instruct', 'dpo'):  # adapters merged into a plain checkpoint first
     from jaxgpt import finetune
 
     workdir = finetune.export(config, workdir)

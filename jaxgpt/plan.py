@@ -151,7 +151,7 @@ def plan(config, topology: str, device_memory_gb: float = 0.0, build_run=None) -
   params = _shard_bytes(run.abstract_state.params)
   optimizer = _shard_bytes(run.abstract_state.opt_state)
   capacity = int(device_memory_gb * GIB) or hbm
-  tokens = config.train.batch_size * model_cfg.seq_len
+  tokens = math.prod(run.batch_shapes(config.train.batch_size)['inputs'][0])  # DPO: pairs x 2
   report = {
     'topology': topology,
     'devices': len(devices),

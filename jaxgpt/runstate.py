@@ -32,7 +32,7 @@ from jaxgpt import trees
 from jaxgpt.data import loader
 from jaxgpt.errors import UserError
 
-RUN_KINDS = ('pretrain', 'classify', 'instruct')
+RUN_KINDS = ('pretrain', 'classify', 'instruct', 'dpo')
 
 
 @struct.dataclass
@@ -162,7 +162,7 @@ def check_kind(config):
     raise UserError(f'train.kind={kind!r}: use one of {", ".join(RUN_KINDS)}')
   if kind == 'pretrain' and 'finetune' in config:
     raise UserError(
-      "train.kind='pretrain' with a finetune section: set train.kind to classify or instruct"
+      "train.kind='pretrain' with a finetune section: set train.kind to classify, instruct or dpo"
     )
   if kind != 'pretrain' and 'finetune' not in config:
     raise UserError(

@@ -5,6 +5,7 @@ checkpointing stay here, on the host.
 """
 
 import logging
+import math
 import os
 
 import jax
@@ -147,8 +148,9 @@ def train_loop(config, run: Run, state, data_iter, writer, run_eval, save, resum
   stop signal within a step. `resumed` is the checkpoint step the state came from (None for
   a fresh run, which has none to fall back to).
   """
-  tc, lc, model_cfg = config.train, config.loop, run.model.cfg
-  tokens_per_step = tc.batch_size * model_cfg.seq_len
+  tc, lc = config.train, config.loop
+  # The token positions a step computes: a DPO row is a pair, two sequences.
+  tokens_per_step = math.prod(run.batch_shapes(tc.batch_size)['inputs'][0])
   device = run.mesh.devices.flat[0]
   peak, peak_of = metrics_lib.peak_flops(lc.peak_flops, device)
   log.info(

@@ -124,6 +124,23 @@ def write_instruction_data(path, n=200, seed=0):
   return str(path)
 
 
+def write_preference_data(path, n=160, seed=0, layout='prompt'):
+  """Preference pairs whose chosen response is always 'yes' and rejected always 'no', after
+  prompts of random words; `layout` 'instruction' puts them in instruction/input fields."""
+  import json
+
+  rng = random.Random(seed)
+  with open(path, 'w') as f:
+    for _ in range(n):
+      a, b = rng.sample(_WORDS, 2)
+      if layout == 'prompt':
+        record = {'prompt': f'is {a} {b}?\n', 'chosen': 'yes', 'rejected': 'no'}
+      else:
+        record = {'instruction': 'is it', 'input': f'{a} {b}', 'chosen': 'yes', 'rejected': 'no'}
+      f.write(json.dumps(record) + '\n')
+  return str(path)
+
+
 def run_py(*args):
   """`python run.py ARGS` from the repository root on CPU, its output captured."""
   return subprocess.run(

@@ -129,6 +129,16 @@ def test_a_fine_tune_plans_its_own_step(corpus_dir):
   assert tuned['optimizer'] < pretraining['optimizer'] / 10
 
 
+def test_a_dpo_plan_counts_both_sequences_of_each_pair():
+  c = finetune_config.get_config('dpo')
+  c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.seq_len = 2, 128, 8, 64
+  c.data.tokenizer.vocab_size = 1000
+  c.mesh.shape.data = 8
+  flops = plan.plan(c, 'cpu:8', build_run=finetune.plan_run)['flops_per_device']
+  # XLA's count of the compiled step against the model's, over 2 x 8 sequences of 64.
+  assert 0.9 < flops['xla'] / flops['model'] < 1.3
+
+
 def test_run_py_plans_a_fine_tune(tmp_path):
   proc = run_py(
     '--config=experiments/finetune_instruct.py',

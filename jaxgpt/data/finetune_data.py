@@ -1,4 +1,5 @@
-"""Fine-tuning data: labelled texts and instruction/response pairs, as arrays and batches.
+"""Fine-tuning data: labelled texts, instruction/response pairs and preference pairs, as
+arrays and batches.
 
 Records come from data/records.py, each knowing its file and line, so that a missing
 column, an unknown label or an empty output is reported there. Splits come from separate
@@ -164,6 +165,72 @@ def encode_instructions(examples, seq_len: int, pad_id: int, packed: bool) -> di
         out['segments'][i, start:end] = segment
         out['positions'][i, start:end] = np.arange(len(inp))
       start = end
+  return out
+
+
+# Preference pairs -------------------------------------------------------------------------
+
+
+def preference_prompt(record: Record, fc) -> str:
+  """The prompt of a pair: its prompt field as it is, or its instruction (and input) in
+  the instruction templates."""
+  if fc.prompt_field in record.fields:
+    return field(record, fc.prompt_field)
+  if fc.instruction_field in record.fields:
+    return prompt_of(record, fc)
+  raise UserError(
+    f'{record.where}: a preference pair needs a {fc.prompt_field!r} field, or an '
+    f'{fc.instruction_field!r} one (with an optional {fc.input_field!r}); it has '
+    f'{sorted(record.fields)}: set finetune.prompt_field or finetune.instruction_field'
+  )
+
+
+def preference_examples(records, tokenizer, fc) -> list[tuple[list[int], ...]]:
+  """(prompt ids, chosen ids + end-of-document, rejected ids + end-of-document) per record."""
+  eod = tokenizer.eod_id
+  return [
+    (
+      tokenizer.encode(preference_prompt(r, fc)),
+      tokenizer.encode(field(r, fc.chosen_field)) + [eod],
+      tokenizer.encode(field(r, fc.rejected_field)) + [eod],
+    )
+    for r in records
+  ]
+
+
+def encode_preferences(examples, seq_len: int, pad_id: int, split: str) -> dict:
+  """Arrays of n x 2 rows: [:, 0] the prompt and the chosen response, [:, 1] the prompt and
+  the rejected one, weights on the responses' tokens only. A pair whose prompt leaves one
+  response no token within seq_len says nothing of the preference: it is dropped."""
+  pairs = []
+  for prompt, chosen, rejected in examples:
+    rows = [_example_rows(prompt, response, seq_len) for response in (chosen, rejected)]
+    if all(any(w) for _, _, w in rows):
+      pairs.append(rows)
+  dropped = len(examples) - len(pairs)
+  if examples and not pairs:
+    raise UserError(
+      f'every {split} prompt takes up all of model.seq_len={seq_len} tokens, so no response '
+      'token is ever compared; use a shorter prompt template or a longer context'
+    )
+  if dropped:
+    logging.getLogger('jaxgpt').warning(
+      '%d of %d %s pairs leave a response no token within model.seq_len=%d: dropped',
+      dropped,
+      len(examples),
+      split,
+      seq_len,
+    )
+  n = len(pairs)
+  out = {
+    'inputs': np.full((n, 2, seq_len), pad_id, np.int32),
+    'targets': np.full((n, 2, seq_len), pad_id, np.int32),
+    'weights': np.zeros((n, 2, seq_len), np.float32),
+  }
+  for i, rows in enumerate(pairs):
+    for j, (inp, tgt, w) in enumerate(rows):
+      out['inputs'][i, j, : len(inp)], out['targets'][i, j, : len(tgt)] = inp, tgt
+      out['weights'][i, j, : len(w)] = w
   return out
 
 
