@@ -96,10 +96,15 @@ CFG = model_lib.ModelConfig(
 )
 
 
-@pytest.mark.parametrize('mesh_shape', ['dp', 'tp'])
-def test_splash_in_the_model_on_a_mesh_matches_einsum(mesh_shape):
+@pytest.mark.parametrize(
+  'mesh_shape, decoder',
+  [('dp', {}), ('tp', {}), ('tp', {'num_kv_heads': 2, 'position': 'rope'})],
+  ids=['dp', 'tp', 'tp-grouped-query'],
+)
+def test_splash_in_the_model_on_a_mesh_matches_einsum(mesh_shape, decoder):
   """The model's loss and gradients with splash (inside shard_map, each device on its rows
-  or heads) equal the einsum path's, on 8 emulated devices."""
+  or heads) equal the einsum path's, on 8 emulated devices; with grouped queries too (the
+  2 key/value heads replicated over tensor=4)."""
   c = tiny_config('unused')
   shapes = {'dp': (8, 1, 1), 'tp': (2, 1, 4)}
   c.mesh.shape = dict(zip(('data', 'fsdp', 'tensor'), shapes[mesh_shape]))
@@ -108,10 +113,11 @@ def test_splash_in_the_model_on_a_mesh_matches_einsum(mesh_shape):
   segments = jnp.asarray(np.repeat([[0] * 50 + [1] * 78], 8, 0), jnp.int32)
   results = {}
   for impl in ('einsum', 'splash'):
-    cfg = model_lib.on_platform(dataclasses.replace(CFG, attention_impl=impl), 'cpu')
+    cfg = dataclasses.replace(CFG, attention_impl=impl, **decoder)
+    cfg = model_lib.on_platform(cfg, 'cpu')
     model = model_lib.Transformer(cfg)
     params = nn.unbox(model.init(jax.random.key(0), tokens[:1]))['params']
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(c.mesh)):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.model_rules(c.mesh, mesh, cfg)):
       loss = lambda p: (model.apply({'params': p}, tokens, segments_BxL=segments) ** 2).mean()
       results[impl] = jax.jit(jax.value_and_grad(loss))(params)
       if impl == 'splash':  # the kernel ran per device, inside shard_map
