@@ -119,10 +119,24 @@ ADDED = {
 }
 
 
+# Fields added to the finetune section since fine-tunes were saved: a saved fine-tune's
+# config reads with their defaults (a pretraining config has no such section).
+ADDED_TO_FINETUNE = {
+  'finetune.prompt_field': 'prompt',
+  'finetune.chosen_field': 'chosen',
+  'finetune.rejected_field': 'rejected',
+  'finetune.dpo.beta': 0.1,
+  'finetune.dpo.label_smoothing': 0.0,
+}
+
+
 def upgrade(saved: dict) -> dict:
-  """A saved config in this version's layout (see MOVED and ADDED)."""
+  """A saved config in this version's layout (see MOVED, ADDED and ADDED_TO_FINETUNE)."""
   flat = {MOVED.get(k, k): v for k, v in _flatten(saved).items()}
-  for key, default in ADDED.items():
+  added = dict(ADDED)
+  if any(k.startswith('finetune.') for k in flat):
+    added.update(ADDED_TO_FINETUNE)
+  for key, default in added.items():
     flat.setdefault(key, default)
   return traverse_util.unflatten_dict(flat, sep='.')
 

@@ -220,6 +220,8 @@ def test_a_config_saved_before_the_sections_moved_reads_in_the_new_layout(corpus
   old['train'].update(loop)
   del old['model']['norm_eps']  # added later (issue 16), as were GPT-2's tokenizer paths
   del old['model']['attention_impl']  # (issue 17)
+  for field in ('position', 'rope_theta', 'norm', 'mlp', 'num_kv_heads', 'qk_norm'):
+    del old['model'][field]  # (issue 19)
   del old['data']['tokenizer']['vocab_path'], old['data']['tokenizer']['merges_path']
   old['data']['cache_dir'] = old['data']['prep'].pop('cache_dir')
   for field in ('kind', 'z_loss', 'label_smoothing'):
@@ -231,6 +233,19 @@ def test_a_config_saved_before_the_sections_moved_reads_in_the_new_layout(corpus
   old['model']['d_model'] = 64  # the architecture: may not
   with pytest.raises(UserError, match=r'model.d_model: 64 -> 32'):
     faults.check_resumable(config, old, 'WORKDIR')
+
+
+def test_a_fine_tune_saved_before_dpo_resumes():
+  """An instruction fine-tune saved without the preference fields (issue 19) resumes under
+  today's config; a pretraining config does not gain a finetune section."""
+  from configs import finetune as finetune_configs
+
+  config = finetune_configs.get_config('instruct')
+  old = json.loads(config.to_json())
+  for field in ('prompt_field', 'chosen_field', 'rejected_field', 'dpo'):
+    del old['finetune'][field]
+  faults.check_resumable(config, old, 'WORKDIR')  # no refusal
+  assert 'finetune' not in faults.upgrade(json.loads(tiny_config('unused').to_json()))
 
 
 def test_a_checkpoint_is_evaluated_with_this_machines_attention_not_the_saved_one():
