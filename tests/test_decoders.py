@@ -113,7 +113,7 @@ def test_logits_equal_transformers(family):
   """Llama's parts (and Qwen 3's QK-norm) are the published functions: our params loaded
   into transformers' own model give our logits."""
   torch = pytest.importorskip('torch')
-  import transformers
+  transformers = pytest.importorskip('transformers')
 
   qk_norm = family == 'qwen3'
   cfg = dataclasses.replace(CFG, **LLAMA, qk_norm=qk_norm, rope_theta=500.0, norm_eps=1e-6)
