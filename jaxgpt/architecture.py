@@ -180,8 +180,8 @@ def _check_decoder(m):
         f'{m.d_model} / model.num_heads={m.num_heads} = {m.d_model // m.num_heads} is odd: '
         'pick heads that give an even head size'
       )
-    if m.rope_theta <= 1:
-      raise UserError(f'model.rope_theta={m.rope_theta} must be above 1 (Llama: 10000, 500000)')
+  if m.rope_theta <= 1:
+    raise UserError(f'model.rope_theta={m.rope_theta} must be above 1 (Llama: 10000, 500000)')
   kv = m.num_kv_heads
   if kv < 0 or kv > m.num_heads or (kv and m.num_heads % kv):
     divisors = [h for h in range(1, m.num_heads + 1) if m.num_heads % h == 0]

@@ -10,6 +10,8 @@ import math
 import flax.linen as nn
 import jax
 
+from jaxgpt import sharding
+
 BLOCKS = (512, 256, 128)  # splash's tile along the sequence: the largest that divides it
 
 
@@ -55,12 +57,6 @@ def _splash_kernel(heads: int, seq_len: int, block: int, interpret: bool):
   return splash, kernel.SegmentIds
 
 
-def _shards(mesh, axes) -> int:
-  if axes is None:
-    return 1
-  return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-
-
 def splash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segments_BxL=None, interpret=False):
   """Splash attention, or None where these shapes cannot take it (the caller then runs the
   einsum path): a length that no block divides, or a batch or head count that its mesh
@@ -79,9 +75,9 @@ def splash(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, segments_BxL=None, interpret=False):
   spec = None
   if not mesh.empty:
     spec = nn.logical_to_mesh_axes(('batch', None, 'heads', None))
-    if batch % _shards(mesh, spec[0]) or heads % _shards(mesh, spec[2]):
+    if batch % sharding.axes_size(mesh, spec[0]) or heads % sharding.axes_size(mesh, spec[2]):
       return None
-  local_heads = heads // (_shards(mesh, spec[2]) if spec else 1)
+  local_heads = heads // (sharding.axes_size(mesh, spec[2]) if spec else 1)
   kernel, segment_ids = _splash_kernel(local_heads, seq_len, block, interpret)
   scale = 1.0 / math.sqrt(head_dim)
 

@@ -77,10 +77,13 @@ def model_rules(mesh_cfg, mesh: Mesh, cfg) -> tuple:
 def _kv_heads_replicated(axes, mesh: Mesh, cfg) -> bool:
   if axes is None or cfg.kv_heads == cfg.num_heads:
     return False
-  return cfg.kv_heads % _axes_size(mesh, axes) != 0
+  return cfg.kv_heads % axes_size(mesh, axes) != 0
 
 
-def _axes_size(mesh: Mesh, axes) -> int:
+def axes_size(mesh, axes) -> int:
+  """Devices along mesh axes named as in a PartitionSpec entry: one, several or None."""
+  if axes is None:
+    return 1
   axes = (axes,) if isinstance(axes, str) else axes
   return math.prod(mesh.shape[a] for a in axes)
 
@@ -93,7 +96,7 @@ def kv_heads_note(mesh_cfg, mesh: Mesh, cfg) -> str:
     return ''
   return (
     f'model.num_kv_heads={cfg.kv_heads} does not divide mesh axes {axes} '
-    f'({_axes_size(mesh, axes)} devices): the key/value projection is replicated there, '
+    f'({axes_size(mesh, axes)} devices): the key/value projection is replicated there, '
     'while the query heads stay split'
   )
 
@@ -143,7 +146,7 @@ def check_divisible(abstract_tree, shardings):
       if axes is None:
         continue
       axes = (axes,) if isinstance(axes, str) else axes
-      parts = math.prod(sh.mesh.shape[a] for a in axes)
+      parts = axes_size(sh.mesh, axes)
       if dim % parts:
         name = '/'.join(str(getattr(k, 'key', k)) for k in path)
         raise UserError(

@@ -19,6 +19,16 @@ def corpus_dir(tmp_path_factory):
   return write_corpus(tmp_path_factory.mktemp('corpus'))
 
 
+@pytest.fixture(scope='session')
+def base_run(corpus_dir, tmp_path_factory):
+  """A tiny pretrained run (30 steps) that the fine-tuning tests start from; read only."""
+  from jaxgpt import train
+
+  workdir = str(tmp_path_factory.mktemp('base'))
+  train.train_and_evaluate(tiny_config(corpus_dir, steps=30, eval_batches=1), workdir)
+  return workdir
+
+
 # The slow marker, from measured durations: a test whose setup, call and teardown took
 # SLOW_SECONDS or more in the last recording (tests/durations.json) is `slow`, so that
 # `pytest -m "not slow"` stays quick. `pytest --record-durations` measures and rewrites it.

@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 
 from configs import finetune as finetune_configs
-from jaxgpt import dpo, finetune, finetune_eval, sharding, train
+from jaxgpt import dpo, finetune, finetune_eval, sharding
 from jaxgpt import step as step_lib
 from jaxgpt.data import finetune_data as fdata
 from jaxgpt.errors import UserError
-from tests.helpers import _WORDS, tiny_config, write_preference_data
-
-
-@pytest.fixture(scope='module')
-def base_run(corpus_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('base'))
-  train.train_and_evaluate(tiny_config(corpus_dir, steps=30, eval_batches=1), workdir)
-  return workdir
+from tests.helpers import _WORDS, write_preference_data
 
 
 def _config(base_run, train_path, steps, task='dpo', **finetune_fields):

@@ -11,18 +11,11 @@ import pytest
 
 from configs import finetune as finetune_configs
 from jaxgpt import checkpoint as checkpoint_lib
-from jaxgpt import finetune, inference, lora, runstate, train
+from jaxgpt import finetune, inference, lora, runstate
 from jaxgpt import model as model_lib
 from tests.helpers import tiny_config, write_classification_data, write_instruction_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def base_run(corpus_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('base'))
-  train.train_and_evaluate(tiny_config(corpus_dir, steps=30, eval_batches=1), workdir)
-  return workdir
 
 
 def _config(task, base_run, train_path, steps, **finetune_fields):
