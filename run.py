@@ -133,6 +133,14 @@ flags.DEFINE_string(
   'coordinator', '', 'Multi-process runs without SLURM/TPU: host:port of process 0.'
 )
 flags.DEFINE_integer('num_processes', 0, 'With --coordinator: how many processes.')
+flags.DEFINE_string(
+  'compilation_cache',
+  None,
+  'Where compiled programs are kept, so that a resumed run, an evaluation, sampling and '
+  'the runs of a sweep load them rather than compile again (default: '
+  '$JAXGPT_COMPILATION_CACHE, else ~/.cache/jaxgpt/compilation); off: no cache. Delete the '
+  'directory to clear it.',
+)
 flags.DEFINE_integer('process_id', -1, "With --coordinator: this process's index.")
 flags.mark_flags_as_required(['workdir'])
 
@@ -164,6 +172,7 @@ def main(argv):
   if FLAGS.mode == 'plan' and FLAGS.topology.startswith('cpu:'):
     # Must happen before jax starts its CPU backend.
     jax.config.update('jax_num_cpu_devices', int(FLAGS.topology[4:]))
+  _compilation_cache()
   from jaxgpt import finetune, inference, interop, runstate, sharding, train
   from jaxgpt import workdir as workdir_lib
 
@@ -243,6 +252,25 @@ def main(argv):
 def _exit(message: str):
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
+
+
+def _compilation_cache():
+  """The persistent compilation cache on, before anything compiles; a directory that
+  cannot be made leaves it off, with a warning."""
+  from jaxgpt import compile_cache
+
+  directory = FLAGS.compilation_cache
+  if directory is None:
+    directory = compile_cache.default_directory()
+  if FLAGS.mode == 'plan' and not FLAGS.topology.startswith('cpu:'):
+    directory = 'off'  # a TPU slice's programs are compiled for a topology, never loaded
+  try:
+    compile_cache.enable(directory, compile_cache.max_bytes())
+  except (OSError, ValueError) as e:
+    logging.getLogger('jaxgpt').warning(
+      'compilation cache off: %s (set --compilation_cache=DIR to a writable directory, or off)', e
+    )
+    compile_cache.enable('off')
 
 
 def _overrides() -> list[str]:

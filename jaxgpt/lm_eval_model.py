@@ -152,4 +152,8 @@ def report(lm, out, workdir) -> str:
 if __name__ == '__main__':  # lm-eval's command line, with `--model jaxgpt` registered
   from lm_eval.__main__ import cli_evaluate
 
+  from jaxgpt import compile_cache
+
+  compile_cache.enable(compile_cache.default_directory(), compile_cache.max_bytes())
+
   cli_evaluate()

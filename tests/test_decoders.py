@@ -30,10 +30,13 @@ CFG = model_lib.ModelConfig(
 LLAMA = dict(position='rope', norm='rmsnorm', mlp='swiglu', use_bias=False, num_kv_heads=2)
 
 
-def _params(cfg):
+def _params(cfg, shapes_only=False):
+  """The model and its params, initialised by one compiled program (op by op, each op
+  compiles afresh), or their shapes alone."""
   m = model_lib.Transformer(cfg)
   tokens = jnp.zeros((1, cfg.seq_len), jnp.int32)
-  return m, nn.unbox(m.init(jax.random.key(0), tokens)['params'])
+  init = (lambda *a: jax.eval_shape(m.init, *a)) if shapes_only else jax.jit(m.init)
+  return m, nn.unbox(init(jax.random.key(0), tokens)['params'])
 
 
 @pytest.mark.parametrize(
@@ -53,12 +56,12 @@ def _params(cfg):
 )
 def test_param_count_matches_closed_form(overrides):
   cfg = dataclasses.replace(CFG, **overrides)
-  _, params = _params(cfg)
+  _, params = _params(cfg, shapes_only=True)
   assert sum(x.size for x in jax.tree.leaves(params)) == model_lib.param_count(cfg)
 
 
 def test_options_change_the_params_they_name():
-  _, params = _params(dataclasses.replace(CFG, **LLAMA, qk_norm=True))
+  _, params = _params(dataclasses.replace(CFG, **LLAMA, qk_norm=True), shapes_only=True)
   assert 'pos_embed' not in params
   attn = params['block_0']['attn']
   assert attn['q']['kernel'].shape == (32, 4, 8) and attn['kv']['kernel'].shape == (32, 2, 2, 8)
@@ -119,14 +122,14 @@ def test_logits_equal_transformers(family):
   cfg = dataclasses.replace(CFG, **LLAMA, qk_norm=qk_norm, rope_theta=500.0, norm_eps=1e-6)
   # Weights far from init (norm scales and all), so that every part shows in the logits.
   m, params = _params(cfg)
-  params = jax.tree.map(
-    lambda x, k: x + 0.3 * jax.random.normal(k, x.shape),
-    params,
-    jax.tree.unflatten(
-      jax.tree.structure(params),
-      list(jax.random.split(jax.random.key(5), len(jax.tree.leaves(params)))),
-    ),
+  keys = jax.tree.unflatten(
+    jax.tree.structure(params),
+    list(jax.random.split(jax.random.key(5), len(jax.tree.leaves(params)))),
   )
+  noisy = lambda params, keys: jax.tree.map(
+    lambda x, k: x + 0.3 * jax.random.normal(k, x.shape), params, keys
+  )
+  params = jax.jit(noisy)(params, keys)
   shape = dict(
     vocab_size=cfg.vocab_size,
     hidden_size=cfg.d_model,
@@ -151,7 +154,7 @@ def test_logits_equal_transformers(family):
   tokens = np.asarray(jax.random.randint(jax.random.key(2), (2, cfg.seq_len), 0, cfg.vocab_size))
   with torch.no_grad():
     want = hf(torch.tensor(tokens)).logits.numpy()
-  got = np.asarray(m.apply({'params': params}, tokens))
+  got = np.asarray(jax.jit(lambda p, t: m.apply({'params': p}, t))(params, tokens))
   np.testing.assert_allclose(got, want, atol=2e-4, rtol=2e-4)
 
 
@@ -184,22 +187,20 @@ def test_grouped_attention_matches_the_reference(impl, packed, groups):
       q, k, v, segments, implementation='xla'
     ),
   }[impl]
-  want = attention.reference(q, k, v, segments_BxL=segments)
+  reference = jax.jit(lambda q, k, v: attention.reference(q, k, v, segments_BxL=segments))
+  want = reference(q, k, v)
   # The reference repeats each key/value head for its query heads, as Llama's repeat_kv.
   head = 3
-  one = attention.reference(
+  one = reference(
     q[:, :, head : head + 1],
     k[:, :, head * groups // H][:, :, None],
     v[:, :, head * groups // H][:, :, None],
-    segments_BxL=segments,
   )
   np.testing.assert_allclose(want[:, :, head : head + 1], one, atol=1e-6)
   np.testing.assert_allclose(jax.jit(fn)(q, k, v), want, atol=2e-5, rtol=1e-5)
   w = jax.random.normal(keys[3], want.shape)
-  grads = jax.grad(lambda *a: (fn(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
-  wants = jax.grad(
-    lambda *a: (attention.reference(*a, segments_BxL=segments) * w).sum(), argnums=(0, 1, 2)
-  )(q, k, v)
+  grads = jax.jit(jax.grad(lambda *a: (fn(*a) * w).sum(), argnums=(0, 1, 2)))(q, k, v)
+  wants = jax.jit(jax.grad(lambda *a: (reference(*a) * w).sum(), argnums=(0, 1, 2)))(q, k, v)
   for g, r in zip(grads, wants):
     np.testing.assert_allclose(g, r, atol=5e-5, rtol=1e-4)
 

@@ -6,15 +6,21 @@ import json
 import os
 import random
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
 from configs import finetune as finetune_configs
 from jaxgpt import dpo, finetune, finetune_eval, sharding
+from jaxgpt import model as model_lib
 from jaxgpt import step as step_lib
 from jaxgpt.data import finetune_data as fdata
 from jaxgpt.errors import UserError
 from tests.helpers import _WORDS, write_preference_data
+
+# One pytest-xdist worker runs this file's tests, so that the base run (conftest) is made once.
+pytestmark = pytest.mark.xdist_group('base_run')
 
 
 def _config(base_run, train_path, steps, task='dpo', **finetune_fields):
@@ -44,25 +50,42 @@ def _prepared(config, mesh_shape=(8, 1, 1)):
   return config, run, arrays, params, base
 
 
-@pytest.mark.parametrize('smoothing', [0.0, 0.2])
-def test_loss_equals_a_direct_computation_from_token_log_probs(base_run, tmp_path, smoothing):
-  data = write_preference_data(tmp_path / 'p.jsonl', n=40)
-  config = _config(base_run, data, 4, trainable='all')
-  config.finetune.dpo.label_smoothing = smoothing
-  config, run, arrays, params, _ = _prepared(config)
-  batch = {k: v[:4] for k, v in arrays['train'].items()}
-  # A reference other than the policy, so that the rewards are not all zero.
-  batch['reference'] = (
-    batch['reference'] + np.array([[0.3, -0.2]], np.float32) * np.arange(1, 5)[:, None]
-  )
-  beta = config.finetune.dpo.beta
-  total, pairs = dpo.loss(run.model, params, batch, None, beta, smoothing)
+class Chars:
+  """A tokenizer of code points: ids known without training one."""
 
+  eod_id, pad_id, vocab_size = 1, 0, 128
+  encode = staticmethod(lambda s: [ord(c) for c in s])
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.2])
+def test_loss_equals_a_direct_computation_from_token_log_probs(tmp_path, smoothing):
+  """dpo.loss on pairs encoded as training encodes them, against log-softmax in float64
+  numpy: a freshly initialised model is as good a policy as a trained one for the formula."""
+  fc = finetune_configs.get_config('dpo').finetune
+  records = fdata.read_records(write_preference_data(tmp_path / 'p.jsonl', n=4))
+  examples = fdata.preference_examples(records, Chars, fc)
+  batch = fdata.encode_preferences(examples, 32, Chars.pad_id, 'train')
+  cfg = model_lib.ModelConfig(
+    vocab_size=Chars.vocab_size, seq_len=32, num_layers=2, num_heads=4, d_model=32, mlp_dim=64
+  )
+  model = model_lib.Transformer(cfg)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch['inputs'][:1, 0])['params'])
+  # A reference other than the policy, so that the rewards are not all zero.
+  policy = jax.jit(lambda p, b: dpo.pair_logps(model, p, b))(params, batch)
+  batch['reference'] = np.asarray(policy) + np.array([[0.3, -0.2]], np.float32) * np.arange(1, 5)[
+    :, None
+  ].astype(np.float32)
+  beta = fc.dpo.beta
+  total, pairs = jax.jit(lambda p, b: dpo.loss(model, p, b, None, beta, smoothing))(params, batch)
+
+  logits_Bx2xLxV = np.asarray(
+    jax.jit(lambda p, x: model.apply({'params': p}, x))(params, batch['inputs'].reshape(8, 32))
+  ).reshape(4, 2, 32, -1)
   want = []
   for i in range(4):
     logps = []
     for j in range(2):  # chosen, rejected: log-softmax of each row, response tokens summed
-      logits = np.asarray(run.model.apply({'params': params}, batch['inputs'][i, j][None]))[0]
+      logits = logits_Bx2xLxV[i, j]
       shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
       logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
       picked = logp[np.arange(len(logp)), batch['targets'][i, j]]
@@ -112,10 +135,6 @@ def test_both_record_layouts_and_bad_records(tmp_path):
   prompts = [fdata.preference_prompt(r, fc) for r in records]
   assert prompts[0].startswith('is ') and prompts[0].endswith('?\n')
   assert prompts[4].startswith(fc.prompt_template[:40]) and '### Input:\n' in prompts[4]
-
-  class Chars:
-    eod_id, pad_id = 1, 0
-    encode = staticmethod(lambda s: [ord(c) for c in s])
 
   examples = fdata.preference_examples(records, Chars, fc)
   arrays = fdata.encode_preferences(examples, 400, 0, 'train')

@@ -31,6 +31,24 @@ def test_the_compile_listener_sees_a_compile():
       jax.jit(lambda x: x * 3 + 1)(jax.numpy.arange(5.0)).block_until_ready()
 
 
+def test_the_compile_listener_sees_a_program_loaded_from_the_compilation_cache():
+  """The suite runs with the persistent compilation cache on: a program loaded from it
+  rather than compiled still counts, so no_compilation keeps its teeth."""
+  assert jax.config.jax_compilation_cache_dir and jax.config.jax_enable_compilation_cache
+  x = jax.numpy.arange(7.0)
+  jax.jit(lambda x: x * 5 - 2)(x).block_until_ready()  # compiled, and written to the cache
+  hits = []
+  listener = lambda name, **_: hits.append(name) if name.endswith('/cache_hits') else None
+  jax.monitoring.register_event_listener(listener)
+  try:
+    with pytest.raises(AssertionError, match='the error came after compiling'):
+      with no_compilation():  # a new function object: not in memory, but on disk
+        jax.jit(lambda x: x * 5 - 2)(x).block_until_ready()
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+  assert hits, 'the second program was compiled again, not loaded from the cache'
+
+
 def _fails(config, workdir, match):
   with no_compilation(), pytest.raises(UserError, match=match):
     train.train_and_evaluate(config, str(workdir))
@@ -129,11 +147,16 @@ def test_a_config_value_of_the_wrong_type_is_named(tmp_path, flag, message):
 
 
 def test_run_py_prints_user_errors_without_traceback(tmp_path):
+  (tmp_path / 'a_file').write_text('')
   proc = run_py(
-    '--config=experiments/default.py', f'--workdir={tmp_path}', '--config.mesh.shape.data=3'
+    '--config=experiments/default.py',
+    f'--workdir={tmp_path / "run"}',
+    '--config.mesh.shape.data=3',
+    f'--compilation_cache={tmp_path / "a_file" / "cache"}',  # cannot be made: a warning
   )
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh.shape=')
+  assert 'compilation cache off: ' in proc.stderr and '--compilation_cache=DIR' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
 

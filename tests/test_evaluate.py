@@ -12,6 +12,9 @@ from jaxgpt import inference, train
 from jaxgpt.errors import UserError
 from tests.helpers import tiny_config
 
+# One pytest-xdist worker runs this file's tests: the run trained on 8 devices is made once.
+pytestmark = pytest.mark.xdist_group('trained_on_8')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -83,13 +86,27 @@ def test_an_earlier_step_and_a_missing_one(corpus_dir, trained_on_8):
     inference.evaluate_checkpoint(_config(corpus_dir, 2, 2, 2), workdir, step=3)
 
 
+def _cached_programs(directory):
+  return sorted(f for f in os.listdir(directory) if f.endswith('-cache'))
+
+
 @pytest.mark.slow
-def test_run_py_eval_mode_on_another_device_count(corpus_dir, trained_on_8):
+def test_run_py_eval_mode_on_another_device_count_loads_its_programs_the_second_time(
+  corpus_dir, trained_on_8, tmp_path
+):
+  """--mode=eval in a new process, twice, with a compilation cache of its own: the first
+  writes its programs there, the second finds every one and writes none."""
   workdir, trained = trained_on_8
-  out = _run_py(corpus_dir, workdir, 2, '--mode=eval')
-  result = json.loads(out[out.index('{') :])
-  assert result['devices'] == 2 and result['step'] == 4
-  assert result['loss'] == pytest.approx(trained['loss'], abs=1e-5)
+  cache = tmp_path / 'compiled'
+  results, programs = [], []
+  for _ in range(2):
+    out = _run_py(corpus_dir, workdir, 2, '--mode=eval', f'--compilation_cache={cache}')
+    results.append(json.loads(out[out.index('{') :]))
+    programs.append(_cached_programs(cache))
+  assert programs[0] and programs[1] == programs[0]
+  for result in results:
+    assert result['devices'] == 2 and result['step'] == 4
+    assert result['loss'] == pytest.approx(trained['loss'], abs=1e-5)
 
 
 def test_another_dataset_is_tokenized_aside_with_the_checkpoint_tokenizer(

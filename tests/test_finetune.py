@@ -15,6 +15,9 @@ from jaxgpt import finetune, inference, lora, runstate
 from jaxgpt import model as model_lib
 from tests.helpers import tiny_config, write_classification_data, write_instruction_data
 
+# One pytest-xdist worker runs this file's tests, so that the base run (conftest) is made once.
+pytestmark = pytest.mark.xdist_group('base_run')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

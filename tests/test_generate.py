@@ -19,7 +19,8 @@ EOD, PAD = 2, 0
 
 def _init(cfg):
   m = model_lib.Transformer(cfg)
-  params = nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, cfg.seq_len), jnp.int32))['params'])
+  tokens = jnp.zeros((1, cfg.seq_len), jnp.int32)
+  params = nn.unbox(jax.jit(m.init)(jax.random.key(0), tokens)['params'])
   return m, jax.device_put(params)
 
 
@@ -60,7 +61,7 @@ def test_cached_logits_equal_full_forward_at_every_position(overrides):
     for b in np.flatnonzero(lengths < cfg.seq_len):
       cached[b].append(logits[b, 0])
     lengths += 1
-  full = m.apply({'params': params}, tokens)
+  full = jax.jit(lambda p, t: m.apply({'params': p}, t))(params, tokens)
   for b in range(3):
     np.testing.assert_allclose(np.stack(cached[b]), full[b], atol=1e-5, rtol=0)
 

@@ -21,10 +21,14 @@ CFG = model_lib.ModelConfig(
 SPEC = lora.Adapters(rank=4)
 
 
-def _params(cfg, spec=SPEC, init=None):
+def _params(cfg, spec=SPEC, init=None, shapes_only=False):
+  """Params with adapters (non-zero B matrices), initialised by one compiled program (op by
+  op, each op compiles afresh); or their shapes alone."""
   init = init or runstate.init_fn(model_lib.Transformer(cfg))
   with lora.adapters(spec):
-    params = nn.unbox(init(jax.random.key(0)))
+    if shapes_only:
+      return nn.unbox(jax.eval_shape(init, jax.random.key(0)))
+    params = nn.unbox(jax.jit(init)(jax.random.key(0)))
   # Non-zero B matrices, so that the adapters change the logits.
   return jax.tree_util.tree_map_with_path(
     lambda path, x: (
@@ -50,7 +54,7 @@ def test_trainable_count_matches_the_closed_form(overrides):
   model_fields = {k: v for k, v in overrides.items() if k in ('scan_layers', 'mlp_dim')}
   cfg = dataclasses.replace(CFG, **model_fields)
   spec = dataclasses.replace(SPEC, **{k: v for k, v in overrides.items() if k not in model_fields})
-  trainable, frozen = trees.split(_params(cfg, spec), lora.predicate('lora', cfg))
+  trainable, frozen = trees.split(_params(cfg, spec, shapes_only=True), lora.predicate('lora', cfg))
   d, f, r = cfg.d_model, cfg.mlp_dim, spec.rank
   fans = {'qkv': d + 3 * d, 'out': d + d, 'fc_in': d + f, 'fc_out': f + d}
   assert trees.count(trainable) == cfg.num_layers * r * sum(fans[t] for t in spec.targets)
@@ -66,7 +70,7 @@ def test_llama_parts_take_adapters_on_every_target():
   """Grouped-query attention's q and kv layers are the 'qkv' target; SwiGLU's fc_in is one
   D x 2F layer: rank * (fan-in + fan-out) each."""
   cfg = dataclasses.replace(CFG, **LLAMA)
-  trainable, frozen = trees.split(_params(cfg), lora.predicate('lora', cfg))
+  trainable, frozen = trees.split(_params(cfg, shapes_only=True), lora.predicate('lora', cfg))
   d, f, r, k = cfg.d_model, cfg.mlp_dim, SPEC.rank, cfg.head_dim
   per_layer = r * ((d + d) + (d + 2 * k) + (d + d) + (d + 2 * f) + (f + d))
   assert trees.count(trainable) == cfg.num_layers * per_layer == lora.adapter_count(cfg, SPEC)
@@ -78,21 +82,18 @@ def test_merged_logits_equal_adapter_logits(scan, model):
   cfg = dataclasses.replace(CFG, scan_layers=scan, **model)
   params = _params(cfg)
   tokens = jax.random.randint(jax.random.key(2), (2, cfg.seq_len), 0, cfg.vocab_size)
-  with lora.adapters(SPEC):
-    adapted = model_lib.Transformer(cfg).apply({'params': params}, tokens)
-  merged = model_lib.Transformer(cfg).apply(
-    {'params': lora.merge_adapters(params, SPEC, scan)}, tokens
-  )
-  base = model_lib.Transformer(cfg).apply(
-    {'params': lora.merge_adapters(jax.tree.map(jnp.zeros_like, params), SPEC, scan)}, tokens
-  )
+  forward = lambda: jax.jit(lambda p, t: model_lib.Transformer(cfg).apply({'params': p}, t))
+  with lora.adapters(SPEC):  # traced inside: the adapted model
+    adapted = forward()(params, tokens)
+  merged = forward()(lora.merge_adapters(params, SPEC, scan), tokens)
+  base = forward()(lora.merge_adapters(jax.tree.map(jnp.zeros_like, params), SPEC, scan), tokens)
   np.testing.assert_allclose(merged, adapted, atol=1e-5, rtol=0)
   assert not np.allclose(base, adapted, atol=1e-3)  # the adapters did change the model
 
 
 def test_each_choice_trains_the_params_it_names():
   cfg = CFG
-  params = _params(cfg, None, classifier.init_fn(classifier.Classifier(cfg, 3)))
+  params = _params(cfg, None, classifier.init_fn(classifier.Classifier(cfg, 3)), shapes_only=True)
 
   def paths(choice, **kw):
     trainable, _ = trees.split(params, lora.predicate(choice, cfg, prefix=('backbone',), **kw))

@@ -18,18 +18,24 @@ CFG = model_lib.ModelConfig(
 def _init(cfg, batch=2):
   m = model_lib.Transformer(cfg)
   tokens = jax.random.randint(jax.random.key(1), (batch, cfg.seq_len), 0, cfg.vocab_size)
-  params = nn.unbox(m.init(jax.random.key(0), tokens)['params'])
+  params = nn.unbox(jax.jit(m.init)(jax.random.key(0), tokens)['params'])
   return m, params, tokens
+
+
+def _apply(m, **kw):
+  """m's logits as one compiled program: op by op, a forward compiles each op afresh."""
+  return jax.jit(lambda p, tokens: m.apply({'params': p}, tokens, **kw))
 
 
 @pytest.mark.parametrize('attention_block', [0, 4])
 def test_future_tokens_never_change_earlier_logits(attention_block):
   cfg = dataclasses.replace(CFG, attention_block=attention_block)
   m, params, tokens = _init(cfg)
-  base = m.apply({'params': params}, tokens)
+  forward = _apply(m)
+  base = forward(params, tokens)
   for t in (0, 5, cfg.seq_len - 2):
     changed = tokens.at[:, t + 1 :].set((tokens[:, t + 1 :] + 7) % cfg.vocab_size)
-    out = m.apply({'params': params}, changed)
+    out = forward(params, changed)
     np.testing.assert_array_equal(out[:, : t + 1], base[:, : t + 1])
     assert not np.allclose(out[:, t + 1 :], base[:, t + 1 :])
 
@@ -46,8 +52,9 @@ def test_future_tokens_never_change_earlier_logits(attention_block):
 )
 def test_param_count_matches_closed_form(overrides):
   cfg = dataclasses.replace(CFG, **overrides)
-  _, params, _ = _init(cfg)
-  assert sum(x.size for x in jax.tree.leaves(params)) == model_lib.param_count(cfg)
+  m = model_lib.Transformer(cfg)
+  shapes = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, cfg.seq_len), jnp.int32))
+  assert sum(x.size for x in jax.tree.leaves(nn.unbox(shapes))) == model_lib.param_count(cfg)
 
 
 def test_default_experiment_param_count():
@@ -61,10 +68,7 @@ def test_query_blocked_attention_equals_full():
   m_full, params, tokens = _init(CFG)
   m_blocked = model_lib.Transformer(dataclasses.replace(CFG, attention_block=4))
   np.testing.assert_allclose(
-    m_blocked.apply({'params': params}, tokens),
-    m_full.apply({'params': params}, tokens),
-    rtol=1e-5,
-    atol=1e-5,
+    _apply(m_blocked)(params, tokens), _apply(m_full)(params, tokens), rtol=1e-5, atol=1e-5
   )
 
 
@@ -73,7 +77,7 @@ def test_remat_keeps_gradients(remat):
   m, params, tokens = _init(CFG)
   m_remat = model_lib.Transformer(dataclasses.replace(CFG, remat=remat))
   loss = lambda mod: lambda p: mod.apply({'params': p}, tokens).mean()
-  g0, g1 = jax.grad(loss(m))(params), jax.grad(loss(m_remat))(params)
+  g0, g1 = jax.jit(jax.grad(loss(m)))(params), jax.jit(jax.grad(loss(m_remat)))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
 
 
@@ -84,27 +88,24 @@ def test_scan_layers_matches_unrolled_blocks():
   scanned = {k: v for k, v in params.items() if not k.startswith('block_')}
   scanned['blocks'] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
   np.testing.assert_allclose(
-    m_scan.apply({'params': scanned}, tokens),
-    m.apply({'params': params}, tokens),
-    rtol=1e-5,
-    atol=1e-5,
+    _apply(m_scan)(scanned, tokens), _apply(m)(params, tokens), rtol=1e-5, atol=1e-5
   )
 
 
 def test_dropout_only_when_not_deterministic():
   cfg = dataclasses.replace(CFG, dropout=0.5)
   m, params, tokens = _init(cfg)
-  a = m.apply({'params': params}, tokens, deterministic=True)
-  b = m.apply({'params': params}, tokens, deterministic=True)
-  c = m.apply({'params': params}, tokens, deterministic=False, rngs={'dropout': jax.random.key(3)})
+  a = _apply(m, deterministic=True)(params, tokens)
+  b = _apply(m, deterministic=True)(params, tokens)
+  c = _apply(m, deterministic=False, rngs={'dropout': jax.random.key(3)})(params, tokens)
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
 
 
 def test_params_and_activations_carry_logical_names():
   m = model_lib.Transformer(CFG)
-  boxed = m.init(jax.random.key(0), jnp.zeros((1, CFG.seq_len), jnp.int32))['params']
-  names = nn.get_partition_spec(boxed)
+  boxed = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, CFG.seq_len), jnp.int32))
+  names = nn.get_partition_spec(boxed['params'])
   assert names['tok_embed'] == jax.sharding.PartitionSpec('vocab', 'embed')
   assert names['block_0']['attn']['qkv']['kernel'] == jax.sharding.PartitionSpec(
     'embed', 'heads', None, 'head_dim'
@@ -115,7 +116,9 @@ def test_params_and_activations_carry_logical_names():
   assert names['block_0']['mlp']['fc_in']['kernel'] == jax.sharding.PartitionSpec('embed', 'mlp')
   assert names['block_0']['mlp']['fc_out']['kernel'] == jax.sharding.PartitionSpec('mlp', 'embed')
   scanned = model_lib.Transformer(dataclasses.replace(CFG, scan_layers=True))
-  boxed = scanned.init(jax.random.key(0), jnp.zeros((1, CFG.seq_len), jnp.int32))['params']
+  boxed = jax.eval_shape(scanned.init, jax.random.key(0), jnp.zeros((1, CFG.seq_len), jnp.int32))[
+    'params'
+  ]
   assert nn.get_partition_spec(boxed)['blocks']['mlp']['fc_in'][
     'kernel'
   ] == jax.sharding.PartitionSpec('layers', 'embed', 'mlp')

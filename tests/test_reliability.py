@@ -26,6 +26,9 @@ from jaxgpt.errors import UserError
 from tests.helpers import ROOT, run_py, tiny_config, write_corpus
 from tests.test_errors import no_compilation
 
+# One pytest-xdist worker runs this file's tests, so that the trained run is made once.
+pytestmark = pytest.mark.xdist_group('trained')
+
 
 def _config(corpus):
   c = tiny_config(corpus, steps=4, checkpoint_every=2)

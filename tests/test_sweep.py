@@ -10,6 +10,7 @@ import pytest
 
 from jaxgpt import accounting
 from jaxgpt import model as model_lib
+from jaxgpt import scaling
 from jaxgpt import study
 from jaxgpt import sweep
 from jaxgpt import train
@@ -21,7 +22,11 @@ import os
 from tests.helpers import tiny_config, write_corpus
 from jaxgpt import sweep
 
+# One pytest-xdist worker runs this file's tests, so that the swept runs are made once.
+pytestmark = pytest.mark.xdist_group('sweep')
+
 CORPUS = {corpus!r}
+FIT_STARTS = 'coarse'  # the fit's plumbing is tested here, its numbers in test_scaling.py
 
 
 def get_config(arg=None):
@@ -44,11 +49,57 @@ def get_check(arg=None):
 """
 
 
-def _experiment(tmp_path, widths=(16, 32), budgets=(1e9,)):
-  corpus = write_corpus(tmp_path / 'corpus', n_docs=30)
-  path = tmp_path / 'experiment.py'
+def _experiment(tmp_path, widths=(16, 32), budgets=(1e9,), corpus=None):
+  corpus = corpus or write_corpus(tmp_path / 'corpus', n_docs=30)
+  path = tmp_path / f'experiment-{len(widths)}x{len(budgets)}.py'
   path.write_text(EXPERIMENT.format(corpus=str(corpus), widths=widths, budgets=budgets))
   return str(path)
+
+
+@pytest.fixture(scope='module')
+def experiments(tmp_path_factory):
+  """Two sweeps over one corpus: 'two' runs (widths 16 and 32 at 1e9 FLOPs) and 'six' (16, 24
+  and 32 at 1e9 and 2e9), whose runs w16-C1e9 and w32-C1e9 are the two of the first."""
+  directory = tmp_path_factory.mktemp('experiments')
+  corpus = write_corpus(directory / 'corpus', n_docs=30)
+  return {
+    'two': _experiment(directory, corpus=corpus),
+    'six': _experiment(directory, (16, 24, 32), (1e9, 2e9), corpus=corpus),
+  }
+
+
+@pytest.fixture(scope='module')
+def swept(experiments, tmp_path_factory):
+  """The two-run sweep, trained end to end through run.py: (command, its output, workdir).
+  The tests below reuse its finished runs rather than train them again; read only."""
+  workdir = tmp_path_factory.mktemp('swept') / 'sweep'
+  cmd = [
+    sys.executable,
+    'run.py',
+    f'--config={experiments["two"]}',
+    f'--workdir={workdir}',
+    '--mode=sweep',
+  ]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  return cmd, out, workdir
+
+
+def _with_finished_runs(swept, workdir, names):
+  """A new sweep workdir holding copies of the swept runs `names` and their token store."""
+  import shutil
+
+  source = swept[2]
+  for name in names:
+    shutil.copytree(sweep.run_dir(str(source), name), sweep.run_dir(str(workdir), name))
+  shutil.copytree(source / 'data', workdir / 'data')
+  return str(workdir)
+
+
+def test_the_two_sweeps_share_their_runs(experiments):
+  """What lets the tests reuse the swept runs: the same name is the same run."""
+  two, six = (sweep.runs_of(study.load_experiment(experiments[k]), None) for k in ('two', 'six'))
+  shared = {r.name: r.overrides for r in six if r.name in {t.name for t in two}}
+  assert shared == {r.name: r.overrides for r in two} and len(shared) == 2
 
 
 def _config(corpus_dir):
@@ -121,16 +172,16 @@ def test_a_run_records_n_d_c_losses_and_wall_time(tmp_path):
   assert s['final_loss'] == pytest.approx([m for m in metrics if m['kind'] == 'eval'][-1]['loss'])
 
 
-def test_the_runner_skips_finished_runs_and_resumes_a_stopped_one(tmp_path, caplog):
-  experiment = study.load_experiment(_experiment(tmp_path))
+def test_the_runner_skips_finished_runs_and_resumes_a_stopped_one(
+  experiments, swept, tmp_path, caplog
+):
+  experiment = study.load_experiment(experiments['two'])
   config = experiment.get_config()
   runs = sweep.runs_of(experiment, None)
-  workdir = str(tmp_path / 'sweep')
   first, second = runs
-  # The first run finished; the second was stopped at step 3 (a checkpoint), as a killed run is.
-  train.train_and_evaluate(
-    sweep.config_for(config, first, workdir), sweep.run_dir(workdir, first.name)
-  )
+  # The first run finished (the swept one); the second was stopped at step 3 (a
+  # checkpoint), as a killed run is.
+  workdir = _with_finished_runs(swept, tmp_path / 'sweep', [first.name])
   stopped = sweep.apply(sweep.config_for(config, second, workdir), {'loop.run_steps': 3})
   train.train_and_evaluate(stopped, sweep.run_dir(workdir, second.name))
   stopped_at = accounting.read(sweep.run_dir(workdir, second.name))
@@ -171,11 +222,8 @@ def test_commands_and_a_slurm_array_for_a_cluster(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_two_run_sweep_end_to_end_through_run_py(tmp_path):
-  path = _experiment(tmp_path)
-  workdir = tmp_path / 'sweep'
-  cmd = [sys.executable, 'run.py', f'--config={path}', f'--workdir={workdir}', '--mode=sweep']
-  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_a_two_run_sweep_end_to_end_through_run_py(swept):
+  cmd, out, workdir = swept
   assert out.returncode == 0, out.stderr[-3000:]
   rows = json.load(open(workdir / 'sweep.json'))
   assert [r['name'] for r in rows] == ['w16-C1e9', 'w32-C1e9']
@@ -188,10 +236,11 @@ def test_a_two_run_sweep_end_to_end_through_run_py(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_fits_plots_and_checks_its_prediction(tmp_path):
-  experiment = study.load_experiment(_experiment(tmp_path, (16, 24, 32), (1e9, 2e9)))
+def test_a_sweep_fits_plots_and_checks_its_prediction(experiments, swept, tmp_path):
+  experiment = study.load_experiment(experiments['six'])
   config = experiment.get_config()
-  workdir = str(tmp_path / 'sweep')
+  # Two of its six runs are the swept ones: four are trained here, then the check.
+  workdir = _with_finished_runs(swept, tmp_path / 'sweep', ['w16-C1e9', 'w32-C1e9'])
   out = study.run(
     experiment.get_config(),
     experiment.__file__,
@@ -246,3 +295,11 @@ def test_a_command_line_change_that_moves_a_runs_flops_is_refused(tmp_path):
   with pytest.raises(UserError, match='not its budget'):
     study.run(config, path, ['--config.model.seq_len=16'], str(tmp_path / 's'), 'commands', None)
   sweep.check_budgets(experiment.get_config(), sweep.runs_of(experiment, None))  # unchanged: fine
+
+
+def test_an_unknown_fit_grid_is_named(experiments):
+  experiment = study.load_experiment(experiments['two'])
+  assert study.fit_starts(experiment) is scaling.COARSE_STARTS
+  experiment.FIT_STARTS = 'fine'
+  with pytest.raises(UserError, match="FIT_STARTS = 'fine' in the experiment: use one of hoffmann"):
+    study.fit_starts(experiment)

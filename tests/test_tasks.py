@@ -20,6 +20,9 @@ from jaxgpt import model as model_lib
 from jaxgpt.errors import UserError
 from tests.helpers import FACTS, run_py, tiny_config, write_facts_corpus
 
+# One pytest-xdist worker runs this file's tests: the run that learned the facts is made once.
+pytestmark = pytest.mark.xdist_group('facts')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -125,7 +128,7 @@ def test_scores_equal_a_direct_forward_of_each_sequence(chunks, on_mesh):
     vocab_size=64, seq_len=16, num_layers=2, num_heads=2, d_model=16, mlp_dim=32, loss_chunks=chunks
   )
   m = model_lib.Transformer(cfg)
-  params = nn.unbox(m.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))['params'])
+  params = nn.unbox(jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))['params'])
   if on_mesh:
     mesh = Mesh(
       np.array(jax.devices()).reshape(4, 2, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3
@@ -146,9 +149,10 @@ def test_scores_equal_a_direct_forward_of_each_sequence(chunks, on_mesh):
   scorer = tasks.Scorer(m, params, mesh, batch_size=4)
   assert scorer.batch_size == (8 if on_mesh else 4)
   logp, greedy = scorer.score(pairs)
+  forward = jax.jit(lambda p, tokens: m.apply({'params': p}, tokens))  # a program per length
   for (context, cont), lp, gr in zip(pairs, logp, greedy):
     row = (context + cont)[-(cfg.seq_len + 1) :]
-    logits = m.apply({'params': params}, jnp.asarray([row[:-1]]))[0]
+    logits = forward(params, jnp.asarray([row[:-1]]))[0]
     logp_all = jax.nn.log_softmax(logits)[jnp.arange(len(row) - 1), jnp.asarray(row[1:])]
     n = min(len(cont), len(row) - 1)
     assert lp == pytest.approx(float(logp_all[-n:].sum()), abs=1e-4)
