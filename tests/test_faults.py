@@ -109,10 +109,32 @@ def _run(corpus_dir, workdir, *flags):
   ]
 
 
+_ONE_DEVICE = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '1'}
+_STRAIGHT_STEPS = 20
+
+
+@pytest.fixture(scope='module')
+def straight_losses(corpus_dir, tmp_path_factory):
+  """The first 20 steps' losses of the 400-step run the signal tests stop, run straight."""
+  workdir = tmp_path_factory.mktemp('straight') / 'run'
+  subprocess.run(
+    _run(corpus_dir, workdir, f'--config.loop.run_steps={_STRAIGHT_STEPS}'),
+    cwd=ROOT,
+    env=_ONE_DEVICE,
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
+  return _losses(workdir)
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group('signals')  # one worker: the straight run is made once
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_and_exits_cleanly_then_resumes_exactly(corpus_dir, tmp_path, sig):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_NUM_CPU_DEVICES': '1'}
+def test_signal_saves_and_exits_cleanly_then_resumes_exactly(
+  corpus_dir, tmp_path, sig, straight_losses
+):
+  env = _ONE_DEVICE
   proc = subprocess.Popen(
     _run(corpus_dir, tmp_path / 'stopped'), cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
   )
@@ -137,17 +159,9 @@ def test_signal_saves_and_exits_cleanly_then_resumes_exactly(corpus_dir, tmp_pat
     capture_output=True,
     timeout=300,
   )
-  subprocess.run(
-    _run(corpus_dir, tmp_path / 'straight', f'--config.loop.run_steps={stopped_at + 2}'),
-    cwd=ROOT,
-    env=env,
-    check=True,
-    capture_output=True,
-    timeout=300,
-  )
-  resumed, straight = _losses(tmp_path / 'stopped'), _losses(tmp_path / 'straight')
-  assert max(resumed) == stopped_at + 2
-  assert [resumed[k] for k in sorted(resumed)] == [straight[k] for k in sorted(straight)]
+  resumed = _losses(tmp_path / 'stopped')
+  assert sorted(resumed) == list(range(1, stopped_at + 3)) and stopped_at + 2 <= _STRAIGHT_STEPS
+  assert [resumed[k] for k in sorted(resumed)] == [straight_losses[k] for k in sorted(resumed)]
 
 
 @pytest.mark.slow
