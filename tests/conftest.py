@@ -3,6 +3,7 @@ the suite run; small shared fixtures."""
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -79,18 +80,24 @@ def pytest_addoption(parser):
   )
 
 
+def _test_id(nodeid: str) -> str:
+  """The node id without the '@group' that pytest-xdist's --dist loadgroup appends."""
+  return re.sub(r'@[\w-]+$', '', nodeid)
+
+
 def pytest_collection_modifyitems(config, items):
   if not os.path.exists(DURATIONS):
     return
   with open(DURATIONS) as f:
     durations = json.load(f)
   for item in items:
-    if durations.get(item.nodeid, 0.0) >= SLOW_SECONDS:
+    if durations.get(_test_id(item.nodeid), 0.0) >= SLOW_SECONDS:
       item.add_marker(pytest.mark.slow)
 
 
 def pytest_runtest_logreport(report):
-  _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+  key = _test_id(report.nodeid)
+  _measured[key] = _measured.get(key, 0.0) + report.duration
 
 
 def pytest_sessionfinish(session):

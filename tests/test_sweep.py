@@ -17,13 +17,13 @@ from jaxgpt import train
 from jaxgpt.errors import UserError
 from tests.helpers import ROOT, tiny_config, write_corpus
 
+# One pytest-xdist worker runs this file's tests, so that the swept runs are made once.
+pytestmark = pytest.mark.xdist_group('sweep')
+
 EXPERIMENT = """
 import os
 from tests.helpers import tiny_config, write_corpus
 from jaxgpt import sweep
-
-# One pytest-xdist worker runs this file's tests, so that the swept runs are made once.
-pytestmark = pytest.mark.xdist_group('sweep')
 
 CORPUS = {corpus!r}
 FIT_STARTS = 'coarse'  # the fit's plumbing is tested here, its numbers in test_scaling.py
