@@ -14,6 +14,7 @@ cuts the text after generation (the end-of-document id stops it early).
 import json
 import logging
 import os
+import sys
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -154,6 +155,10 @@ if __name__ == '__main__':  # lm-eval's command line, with `--model jaxgpt` regi
 
   from jaxgpt import compile_cache
 
-  compile_cache.enable(compile_cache.default_directory(), compile_cache.max_bytes())
+  try:
+    compile_cache.enable(compile_cache.default_directory(), compile_cache.max_bytes())
+  except (OSError, ValueError) as e:  # as run.py: one line, and no cache
+    print(f'warning: compilation cache off: {e}', file=sys.stderr)
+    compile_cache.enable('off')
 
   cli_evaluate()
